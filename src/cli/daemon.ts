@@ -1,0 +1,66 @@
+/**
+ * Daemonizing without fork: the launcher spawns a detached copy of itself that mounts and
+ * reports "ready" or the error over a pipe (fd 3); the launcher exits only then, so a caller
+ * such as podman can use the mount as soon as the command returns. The daemon holds none of
+ * the caller's stdin/stdout/stderr afterwards (podman reads stderr to EOF).
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { dup2 } from '../sys/libc';
+import type { MountConfig } from './config';
+
+const CONFIG_ENV = 'TS_OVERLAYFS_DAEMON_CONFIG';
+const STATUS_FD = 3;
+
+/** The configuration handed to us by the launcher, if this process is the daemon. */
+export function daemonConfig(): MountConfig | null {
+  const text = process.env[CONFIG_ENV];
+  if (text === undefined) return null;
+  delete process.env[CONFIG_ENV];
+  return JSON.parse(text) as MountConfig;
+}
+
+/** Launcher side: starts the daemon and resolves with the exit code the launcher should use. */
+export function launchDaemon(config: MountConfig, entry: string): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [entry], {
+      detached: true,
+      cwd: '/',
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+      env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
+    });
+    let status = '';
+    child.stderr!.on('data', (chunk: Buffer) => process.stderr.write(chunk));
+    const statusPipe = child.stdio[STATUS_FD] as NodeJS.ReadableStream;
+    statusPipe.on('data', (chunk: Buffer) => {
+      status += chunk.toString();
+    });
+    const finish = (code: number) => {
+      child.stderr!.destroy();
+      (statusPipe as unknown as { destroy(): void }).destroy();
+      child.unref();
+      resolve(code);
+    };
+    statusPipe.on('end', () => {
+      if (status.startsWith('ready')) return finish(0);
+      const reason = status.startsWith('error ') ? status.slice(6).trim() : 'the daemon exited before the mount was ready';
+      process.stderr.write(`ts-overlayfs: ${reason}\n`);
+      finish(1);
+    });
+  });
+}
+
+/** Daemon side: the mount is up; let go of the launcher's stdio and tell it. */
+export function reportReady(): void {
+  const devNull = openSync('/dev/null', 'r+');
+  dup2(devNull, 1);
+  dup2(devNull, 2);
+  closeSync(devNull);
+  writeSync(STATUS_FD, 'ready\n');
+  closeSync(STATUS_FD);
+}
+
+export function reportFailure(message: string): void {
+  writeSync(STATUS_FD, `error ${message}\n`);
+  closeSync(STATUS_FD);
+}

@@ -1,0 +1,73 @@
+/** The ts-overlayfs command. */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { enableDebug, log } from '../log';
+import { parseArgs } from './args';
+import { buildConfig, CliError, type MountConfig } from './config';
+import { daemonConfig, launchDaemon, reportFailure, reportReady } from './daemon';
+import { serve } from './serve';
+
+const PACKAGE_ROOT = join(__dirname, '..', '..', '..');
+
+function version(): string {
+  return (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+function fail(message: string): number {
+  process.stderr.write(`ts-overlayfs: ${message}\n`);
+  return 1;
+}
+
+/** Mounts, then stays until SIGTERM/SIGINT or an outside unmount. */
+async function runServer(config: MountConfig, onReady: () => void): Promise<number> {
+  if (config.debug) enableDebug();
+  const served = await serve(config);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.mount('%s: unmounting %s', signal, config.mountpoint);
+    served.stop().catch((err: Error) => {
+      process.stderr.write(`ts-overlayfs: ${err.message}\n`);
+      process.exit(1);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => stop('SIGHUP'));
+  onReady();
+  await served.gone;
+  log.mount('unmounted %s', config.mountpoint);
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const inherited = daemonConfig();
+  if (inherited) {
+    try {
+      return await runServer(inherited, reportReady);
+    } catch (err) {
+      reportFailure((err as Error).message);
+      return 1;
+    }
+  }
+  try {
+    const parsed = parseArgs(argv, version());
+    if (parsed.kind === 'exit') {
+      process.stdout.write(`${parsed.output}\n`);
+      return parsed.code;
+    }
+    const config = await buildConfig(parsed.cmd, (m) => process.stderr.write(`${m}\n`));
+    if (!config.foreground) return await launchDaemon(config, process.argv[1]);
+    return await runServer(config, () => undefined);
+  } catch (err) {
+    if (err instanceof CliError) return fail(err.message);
+    return fail((err as Error).message ?? String(err));
+  }
+}
+
+main(process.argv.slice(2)).then(
+  // fuse-native's native thread would keep the process alive after the unmount.
+  (code) => process.exit(code),
+  (err) => process.exit(fail(String(err))),
+);

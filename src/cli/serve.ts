@@ -1,0 +1,94 @@
+/**
+ * Serving a mount in this process: mount, answer until unmounted, then exit.
+ * Never touches the mountpoint's contents itself: the process that serves a FUSE mount
+ * would deadlock waiting for its own answer.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { errnoOf, Errno } from '../errors';
+import { fuseOperations } from '../fuse/adapter';
+import { NativeFuse } from '../fuse/native';
+import { log } from '../log';
+import { Overlay } from '../overlay/overlay';
+import { MNT_DETACH, umount2 } from '../sys/libc';
+import type { MountConfig } from './config';
+import { readMountTable } from './mount-table';
+
+const FSTYPE = 'fuse.ts-overlayfs';
+const WATCH_INTERVAL_MS = 500;
+
+export interface Served {
+  /** Unmounts (lazily if busy) and resolves once the mount is gone. */
+  stop(): Promise<void>;
+  /** Resolves when the mount disappears, whoever unmounted it. */
+  readonly gone: Promise<void>;
+}
+
+export async function serve(config: MountConfig): Promise<Served> {
+  const overlay = await Overlay.open({ lowers: config.lowers, upper: config.upper, work: config.work });
+  const fuse = new NativeFuse(config.mountpoint, fuseOperations(overlay), config.fuseOptions, {
+    // fuse-native would answer ETIMEDOUT after 15 s; a large copy-up or read may take longer.
+    timeout: false,
+  });
+  await new Promise<void>((resolve, reject) => {
+    fuse.mount((err) => (err ? reject(new Error(`cannot mount on ${config.mountpoint}: ${err.message}`)) : resolve()));
+  });
+  log.mount('mounted %s on %s with %s', config.lowers.join(':'), config.mountpoint, config.fuseOptions.join(','));
+  const gone = watchUntilUnmounted(config.mountpoint);
+  return {
+    gone,
+    async stop() {
+      await unmount(config.mountpoint);
+      await gone;
+    },
+  };
+}
+
+/** Unmounts directly when root (umount2), else through fusermount3/fusermount. */
+export async function unmount(mountpoint: string): Promise<void> {
+  if (process.getuid?.() === 0) {
+    try {
+      umount2(mountpoint, 0);
+    } catch (err) {
+      if (errnoOf(err) !== Errno.EBUSY) throw err;
+      umount2(mountpoint, MNT_DETACH);
+    }
+    return;
+  }
+  const run = promisify(execFile);
+  for (const args of [['-u'], ['-uz']]) {
+    for (const prog of ['fusermount3', 'fusermount']) {
+      try {
+        await run(prog, [...args, mountpoint]);
+        return;
+      } catch {
+        // Try the next program or the lazy form; the last failure is reported below.
+      }
+    }
+  }
+  throw new Error(`cannot unmount ${mountpoint}`);
+}
+
+async function isMounted(mountpoint: string): Promise<boolean> {
+  return (await readMountTable()).some((m) => m.fstype === FSTYPE && m.mountpoint === mountpoint);
+}
+
+/**
+ * fuse-native gives no word when the kernel ends the session (fusermount -u, umount from a
+ * container engine), so the mount table is polled.
+ */
+function watchUntilUnmounted(mountpoint: string): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setInterval(() => {
+      isMounted(mountpoint).then(
+        (mounted) => {
+          if (!mounted) {
+            clearInterval(timer);
+            resolve();
+          }
+        },
+        (err) => log.error('reading the mount table: %s', (err as Error).message),
+      );
+    }, WATCH_INTERVAL_MS);
+  });
+}

@@ -1,0 +1,122 @@
+/**
+ * The few system calls Node's fs lacks, through koffi (prebuilt FFI, no build at install).
+ *
+ * These are synchronous on purpose: koffi's async calls run on worker threads whose errno
+ * cannot be read back, and callers need the real errno (ENODATA vs ENOTSUP vs EPERM ...).
+ * Each call is a single metadata syscall of a few microseconds on a local filesystem.
+ */
+import koffi from 'koffi';
+import { OvlError } from '../errors';
+
+const libc = koffi.load('libc.so.6');
+
+const c = {
+  lgetxattr: libc.func('int64_t lgetxattr(const char *path, const char *name, void *value, size_t size)'),
+  llistxattr: libc.func('int64_t llistxattr(const char *path, void *list, size_t size)'),
+  lsetxattr: libc.func('int lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags)'),
+  lremovexattr: libc.func('int lremovexattr(const char *path, const char *name)'),
+  mknodat: libc.func('int mknodat(int dirfd, const char *path, uint32_t mode, uint64_t dev)'),
+  renameat2: libc.func('int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)'),
+  utimensat: libc.func('int utimensat(int dirfd, const char *path, const void *times, int flags)'),
+  umount2: libc.func('int umount2(const char *target, int flags)'),
+  dup2: libc.func('int dup2(int oldfd, int newfd)'),
+};
+
+export const AT_FDCWD = -100;
+export const AT_SYMLINK_NOFOLLOW = 0x100;
+export const RENAME_NOREPLACE = 1 << 0;
+export const RENAME_EXCHANGE = 1 << 1;
+export const RENAME_WHITEOUT = 1 << 2;
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
+export const MNT_DETACH = 2;
+/** Largest xattr value Linux allows (XATTR_SIZE_MAX) and largest name list (XATTR_LIST_MAX). */
+const XATTR_MAX = 65536;
+
+function fail(call: string, path: string): never {
+  throw new OvlError(koffi.errno(), `${call} ${path}`);
+}
+
+// One scratch buffer serves every call: the calls are synchronous on the JS thread.
+const scratch = Buffer.alloc(XATTR_MAX);
+
+/** The value of xattr `name` on `path` itself (never a symlink's target). */
+export function lgetxattr(path: string, name: string): Buffer {
+  const n = Number(c.lgetxattr(path, name, scratch, scratch.length));
+  if (n < 0) fail('lgetxattr', path);
+  return Buffer.from(scratch.subarray(0, n));
+}
+
+/** Like lgetxattr, but null where the attribute is absent or the filesystem has none. */
+export function lgetxattrOrNull(path: string, name: string): Buffer | null {
+  const n = Number(c.lgetxattr(path, name, scratch, scratch.length));
+  if (n >= 0) return Buffer.from(scratch.subarray(0, n));
+  const errno = koffi.errno();
+  if (errno === koffi.os.errno.ENODATA || errno === koffi.os.errno.ENOTSUP) return null;
+  throw new OvlError(errno, `lgetxattr ${path}`);
+}
+
+export function llistxattr(path: string): string[] {
+  const n = Number(c.llistxattr(path, scratch, scratch.length));
+  if (n < 0) {
+    if (koffi.errno() === koffi.os.errno.ENOTSUP) return [];
+    fail('llistxattr', path);
+  }
+  const names: string[] = [];
+  let start = 0;
+  for (let i = 0; i < n; i++) {
+    if (scratch[i] === 0) {
+      if (i > start) names.push(scratch.toString('utf8', start, i));
+      start = i + 1;
+    }
+  }
+  return names;
+}
+
+export function lsetxattr(path: string, name: string, value: Buffer, flags = 0): void {
+  if (c.lsetxattr(path, name, value, value.length, flags) < 0) fail('lsetxattr', path);
+}
+
+export function lremovexattr(path: string, name: string): void {
+  if (c.lremovexattr(path, name) < 0) fail('lremovexattr', path);
+}
+
+export function mknod(path: string, mode: number, dev: number): void {
+  if (c.mknodat(AT_FDCWD, path, mode, dev) < 0) fail('mknod', path);
+}
+
+export function renameat2(from: string, to: string, flags: number): void {
+  if (c.renameat2(AT_FDCWD, from, AT_FDCWD, to, flags) < 0) fail('renameat2', `${from} -> ${to}`);
+}
+
+export interface Timespec { sec: number; nsec: number }
+/** utimensat's UTIME_OMIT: leave that time as it is. */
+export const UTIME_OMIT = (1 << 30) - 2;
+
+/** Sets atime and mtime with nanosecond precision, on `path` itself (never a symlink's target). */
+export function lutimens(path: string, atime: Timespec, mtime: Timespec): void {
+  const times = Buffer.alloc(32);
+  times.writeBigInt64LE(BigInt(atime.sec), 0);
+  times.writeBigInt64LE(BigInt(atime.nsec), 8);
+  times.writeBigInt64LE(BigInt(mtime.sec), 16);
+  times.writeBigInt64LE(BigInt(mtime.nsec), 24);
+  if (c.utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW) < 0) fail('utimensat', path);
+}
+
+export function umount2(target: string, flags: number): void {
+  if (c.umount2(target, flags) < 0) fail('umount2', target);
+}
+
+/** makedev() of glibc, for device numbers handed to mknod. */
+export function makedev(major: number, minor: number): number {
+  return (
+    ((minor & 0xff) | ((major & 0xfff) << 8)) +
+    (((minor & ~0xff) >>> 0) << 12) * 1 +
+    ((major & ~0xfff) >>> 0) * 2 ** 32
+  );
+}
+
+/** Points descriptor `target` at what `source` refers to (Node has no dup2). */
+export function dup2(source: number, target: number): void {
+  if (c.dup2(source, target) < 0) fail('dup2', String(target));
+}
