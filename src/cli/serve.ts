@@ -34,12 +34,15 @@ export async function serve(config: MountConfig): Promise<Served> {
     fuse.mount((err) => (err ? reject(new Error(`cannot mount on ${config.mountpoint}: ${err.message}`)) : resolve()));
   });
   log.mount('mounted %s on %s with %s', config.lowers.join(':'), config.mountpoint, config.fuseOptions.join(','));
-  const gone = watchUntilUnmounted(config.mountpoint);
+  let unmounted!: () => void;
+  const gone = new Promise<void>((resolve) => { unmounted = resolve; });
+  const watch = watchUntilUnmounted(config.mountpoint, unmounted);
   return {
     gone,
     async stop() {
       await unmount(config.mountpoint);
-      await gone;
+      clearInterval(watch);
+      unmounted();
     },
   };
 }
@@ -77,18 +80,17 @@ async function isMounted(mountpoint: string): Promise<boolean> {
  * fuse-native gives no word when the kernel ends the session (fusermount -u, umount from a
  * container engine), so the mount table is polled.
  */
-function watchUntilUnmounted(mountpoint: string): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setInterval(() => {
-      isMounted(mountpoint).then(
-        (mounted) => {
-          if (!mounted) {
-            clearInterval(timer);
-            resolve();
-          }
-        },
-        (err) => log.error('reading the mount table: %s', (err as Error).message),
-      );
-    }, WATCH_INTERVAL_MS);
-  });
+function watchUntilUnmounted(mountpoint: string, onGone: () => void): NodeJS.Timeout {
+  const timer = setInterval(() => {
+    isMounted(mountpoint).then(
+      (mounted) => {
+        if (!mounted) {
+          clearInterval(timer);
+          onGone();
+        }
+      },
+      (err) => log.error('reading the mount table: %s', (err as Error).message),
+    );
+  }, WATCH_INTERVAL_MS);
+  return timer;
 }
