@@ -108,7 +108,8 @@ export class Overlay {
   async open(path: string, flags: number): Promise<number> {
     const node = await this.tree.resolve(path);
     const writing = (flags & ACCESS_WRITE_FLAGS) !== 0 || (flags & fsc.O_TRUNC) !== 0;
-    if (writing && (this.readOnly || !node.layer.upper)) throw errorFor('EROFS', path);
+    // Writing through the mount (copy-up and the mutating operations) is not there yet.
+    if (writing) throw errorFor('EROFS', path);
     return new Promise((resolve, reject) => {
       fsOpen(node.realPath, (flags & PASSED_OPEN_FLAGS) | fsc.O_NOFOLLOW, (err, fd) => (err ? reject(err) : resolve(fd)));
     });
@@ -137,7 +138,7 @@ export class Overlay {
 
   async access(path: string, mode: number): Promise<void> {
     await this.tree.resolve(path);
-    if ((mode & W_OK) !== 0 && this.readOnly) throw errorFor('EROFS', path);
+    if ((mode & W_OK) !== 0) throw errorFor('EROFS', path);
   }
 
   async statfs(): Promise<OvlStatfs> {
