@@ -92,7 +92,8 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   ];
   checkNoOverlap(named);
 
-  if (readOnly) fuseOptions.push('ro');
+  // A read-only mount is read-only in the kernel too: every write is EROFS before reaching us.
+  if (readOnly || upper === undefined) fuseOptions.push('ro');
   return {
     lowers,
     upper: readOnly ? undefined : upper,

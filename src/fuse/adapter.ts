@@ -90,5 +90,20 @@ export function fuseOperations(overlay: Overlay): Operations & {
     listxattr(path, cb) {
       answer('listxattr', path, () => overlay.listxattr(path), cb);
     },
+    ...refusedWrites(overlay),
   };
+}
+
+/** Until the write path exists, every mutating operation answers EROFS (not ENOSYS). */
+function refusedWrites(overlay: Overlay): Operations {
+  const ops: Operations = {};
+  const names = ['create', 'mknod', 'mkdir', 'symlink', 'link', 'write', 'truncate', 'ftruncate', 'unlink',
+    'rmdir', 'rename', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr'];
+  for (const name of names) {
+    ops[name] = (path: string, ...rest: unknown[]) => {
+      const cb = rest[rest.length - 1] as (err: number) => void;
+      answer(name, path, () => overlay.refuseWrite(path), cb);
+    };
+  }
+  return ops;
 }

@@ -141,6 +141,11 @@ export class Overlay {
     if ((mode & W_OK) !== 0) throw errorFor('EROFS', path);
   }
 
+  /** Every change through the mount, until copy-up and the write path exist. */
+  async refuseWrite(path: string): Promise<void> {
+    throw errorFor('EROFS', path);
+  }
+
   async statfs(): Promise<OvlStatfs> {
     const st = await fsp.statfs(this.layers[0].root);
     return {

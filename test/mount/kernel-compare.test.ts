@@ -4,10 +4,10 @@
  * xattrs and hard-link groups.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { appendFileSync, chmodSync, mkdirSync, renameSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { lutimens } from '../../src/sys/libc';
+import { lsetxattr, lutimens } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
 import { kernelFormatLayers } from '../helpers/fixtures';
 import { buildLayer, removeDir, tempDir } from '../helpers/layers';
@@ -30,6 +30,7 @@ for (const withUpper of [false, true]) {
     const mounts: Mounted[] = [];
     let ours: Snapshot;
     let kernel: Snapshot;
+    let mnts: { kernel: string; ts: string };
 
     before(async () => {
       dir = tempDir('kcmp');
@@ -49,6 +50,7 @@ for (const withUpper of [false, true]) {
       const t = side('ts');
       mounts.push(await mountKernel(withUpper ? { lowers, ...k } : { lowers }, k.mnt));
       mounts.push(await mountTs(withUpper ? { lowers, ...t } : { lowers }, t.mnt));
+      mnts = { kernel: k.mnt, ts: t.mnt };
       kernel = snapshot(k.mnt);
       ours = snapshot(t.mnt);
     });
@@ -61,6 +63,26 @@ for (const withUpper of [false, true]) {
     test('same paths and attributes as the kernel', () => {
       assertSameView(ours, kernel);
     });
+
+    if (!withUpper) {
+      test('every change fails with EROFS, as on the kernel mount', () => {
+        const changes: Record<string, (m: string) => void> = {
+          create: (m) => writeFileSync(`${m}/new-file`, 'x'),
+          append: (m) => appendFileSync(`${m}/merged/both`, 'x'),
+          mkdir: (m) => mkdirSync(`${m}/new-dir`),
+          unlink: (m) => unlinkSync(`${m}/merged/from-bottom`),
+          chmod: (m) => chmodSync(`${m}/merged/both`, 0o777),
+          rename: (m) => renameSync(`${m}/merged/both`, `${m}/merged/moved`),
+          symlink: (m) => symlinkSync('x', `${m}/new-link`),
+          setxattr: (m) => lsetxattr(`${m}/merged/both`, 'user.x', Buffer.from('1')),
+        };
+        for (const [name, change] of Object.entries(changes)) {
+          const outcome = (m: string) => { try { change(m); return 'ok'; } catch (e) { return (e as { code: string }).code; } };
+          assert.equal(outcome(mnts.ts), outcome(mnts.kernel), name);
+          assert.equal(outcome(mnts.ts), 'EROFS', name);
+        }
+      });
+    }
 
     test('the fixture exercises every rule (sanity of the oracle)', () => {
       const paths = Object.keys(kernel.entries);
