@@ -3,7 +3,7 @@
  * and the names it whites out. Read once per directory and kept, so a lookup in a merged
  * directory costs a map probe per layer instead of several stat calls.
  */
-import { promises as fsp } from 'node:fs';
+import { lstatSync, readdirSync } from 'node:fs';
 import { hasCode } from '../errors';
 import { isWhiteoutName, isWhiteoutStat, OPAQUE_WHITEOUT, whiteoutTarget } from './format';
 
@@ -24,7 +24,7 @@ const EMPTY: LayerListing = { entries: new Map(), whiteouts: new Set(), opaqueMa
 export async function readListing(dir: string): Promise<LayerListing> {
   let dirents;
   try {
-    dirents = await fsp.readdir(dir, { withFileTypes: true });
+    dirents = readdirSync(dir, { withFileTypes: true });
   } catch (err) {
     if (hasCode(err, 'ENOENT', 'ENOTDIR')) return EMPTY;
     throw err;
@@ -54,7 +54,7 @@ export async function readListing(dir: string): Promise<LayerListing> {
   await Promise.all(
     unknown.map(async (name) => {
       try {
-        const st = await fsp.lstat(`${dir}/${name}`);
+        const st = lstatSync(`${dir}/${name}`);
         if (isWhiteoutStat(st)) {
           entries.delete(name);
           whiteouts.add(name);

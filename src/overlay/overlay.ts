@@ -2,7 +2,7 @@
  * The overlay filesystem's operations on overlay paths, independent of FUSE: each returns
  * plain data or throws an error carrying an errno (OvlError or Node's own).
  */
-import { constants as fsc, promises as fsp } from 'node:fs';
+import { constants as fsc, lstatSync, readlinkSync, promises as fsp } from 'node:fs';
 import { read as fsRead, close as fsClose, open as fsOpen } from 'node:fs';
 import { errorFor } from '../errors';
 import { lgetxattr, llistxattr } from '../sys/libc';
@@ -101,7 +101,7 @@ export class Overlay {
 
   async readlink(path: string): Promise<string> {
     const node = await this.tree.resolve(path);
-    return fsp.readlink(node.realPath);
+    return readlinkSync(node.realPath);
   }
 
   /** Opens a file for I/O and returns its descriptor, used as the FUSE file handle. */
@@ -180,7 +180,7 @@ export class Overlay {
   }
 
   private async statOf(node: OvlNode): Promise<OvlStat> {
-    const st = await fsp.lstat(node.realPath);
+    const st = lstatSync(node.realPath);
     return {
       mode: st.mode,
       uid: st.uid,
