@@ -51,6 +51,8 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
 
   const fuseOptions = [
     'use_ino', 'hard_remove', 'big_writes', 'subtype=ts-overlayfs', 'default_permissions',
+    // libfuse 2 alone refuses a non-empty mountpoint; fuse-overlayfs (libfuse 3) and the kernel do not.
+    'nonempty',
     // Nothing changes the layers behind the mount's back (the kernel's rule too), and every
     // change through the mount is seen by the kernel, so it may cache names, attributes and
     // file data for as long as it likes: each request that reaches us costs ~0.2 ms in
