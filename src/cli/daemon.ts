@@ -20,10 +20,13 @@ export function daemonConfig(): MountConfig | null {
   return JSON.parse(text) as MountConfig;
 }
 
-/** Launcher side: starts the daemon and resolves with the exit code the launcher should use. */
-export function launchDaemon(config: MountConfig, entry: string): Promise<number> {
+/**
+ * Launcher side: starts the daemon and resolves with the exit code the launcher should use.
+ * The daemon gets the launcher's arguments too, only so that `ps` shows what it serves.
+ */
+export function launchDaemon(config: MountConfig, entry: string, argv: readonly string[]): Promise<number> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [entry], {
+    const child = spawn(process.execPath, [entry, ...argv], {
       detached: true,
       cwd: '/',
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],

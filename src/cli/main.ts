@@ -58,7 +58,7 @@ async function main(argv: string[]): Promise<number> {
       return parsed.code;
     }
     const config = await buildConfig(parsed.cmd, (m) => process.stderr.write(`${m}\n`));
-    if (!config.foreground) return await launchDaemon(config, process.argv[1]);
+    if (!config.foreground) return await launchDaemon(config, process.argv[1], argv);
     return await runServer(config, () => undefined);
   } catch (err) {
     if (err instanceof CliError) return fail(err.message);

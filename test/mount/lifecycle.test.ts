@@ -1,0 +1,109 @@
+/** Daemonizing, signals and outside unmounts: the mount and the daemon go away together. */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, test } from 'node:test';
+import { BIN, requires } from '../helpers/env';
+import { buildLayer, removeDir, tempDir } from '../helpers/layers';
+import { isMounted } from '../helpers/mounts';
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) {
+    const mnt = join(d, 'mnt');
+    if (isMounted(mnt)) spawnSync('umount', ['-l', mnt]);
+    removeDir(d);
+  }
+});
+
+function layout(): { lower: string; mnt: string } {
+  const d = tempDir('life');
+  dirs.push(d);
+  buildLayer(join(d, 'lower'), { 'hello.txt': { kind: 'file', data: 'hello' } });
+  buildLayer(join(d, 'mnt'), {});
+  return { lower: join(d, 'lower'), mnt: join(d, 'mnt') };
+}
+
+/** Pids of ts-overlayfs processes whose command line names `mnt`. */
+function daemonsFor(mnt: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (cmd.some((a) => a.endsWith('ts-overlayfs')) && cmd.includes(mnt)) pids.push(Number(entry));
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return pids;
+}
+
+async function eventually(cond: () => boolean, ms = 5000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await sleep(25);
+  }
+  return cond();
+}
+
+function mountDaemon(lower: string, mnt: string) {
+  return spawnSync(process.execPath, [BIN, '-o', `lowerdir=${lower}`, mnt], { encoding: 'utf8', timeout: 20000 });
+}
+
+describe('mount lifecycle', requires('root', 'fuse'), () => {
+  test('without -f the command returns once the mount is usable, leaving one daemon', () => {
+    const { lower, mnt } = layout();
+    const r = mountDaemon(lower, mnt);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stderr, '');
+    assert.ok(isMounted(mnt));
+    assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'hello');
+    assert.equal(daemonsFor(mnt).length, 1);
+    spawnSync('fusermount3', ['-u', mnt]);
+  });
+
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    test(`${signal} to the daemon unmounts and ends it`, async () => {
+      const { lower, mnt } = layout();
+      assert.equal(mountDaemon(lower, mnt).status, 0);
+      const [pid] = daemonsFor(mnt);
+      process.kill(pid, signal);
+      assert.ok(await eventually(() => !isMounted(mnt)), 'unmounted');
+      assert.ok(await eventually(() => daemonsFor(mnt).length === 0), 'daemon gone');
+    });
+  }
+
+  for (const how of [['fusermount3', '-u'], ['umount']]) {
+    test(`an outside unmount (${how.join(' ')}) ends the daemon`, async () => {
+      const { lower, mnt } = layout();
+      assert.equal(mountDaemon(lower, mnt).status, 0);
+      assert.equal(spawnSync(how[0], [...how.slice(1), mnt]).status, 0);
+      assert.ok(await eventually(() => daemonsFor(mnt).length === 0), 'daemon gone');
+    });
+  }
+
+  test('in the foreground (-f), SIGTERM unmounts and exits 0', async () => {
+    const { lower, mnt } = layout();
+    const child = spawn(process.execPath, [BIN, '-f', '-o', `lowerdir=${lower}`, mnt], { stdio: 'ignore' });
+    const code = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    assert.ok(await eventually(() => isMounted(mnt), 10000), 'mounted');
+    child.kill('SIGTERM');
+    assert.equal(await code, 0);
+    assert.ok(!isMounted(mnt));
+  });
+
+  test('the daemon keeps none of the caller\'s stdio open (a reader of stderr sees EOF)', async () => {
+    const { lower, mnt } = layout();
+    const launcher = spawn(process.execPath, [BIN, '-o', `lowerdir=${lower}`, mnt], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const eof = (s: NodeJS.ReadableStream) => new Promise<void>((resolve) => { s.resume(); s.on('end', () => resolve()); });
+    const closed = Promise.all([eof(launcher.stdout!), eof(launcher.stderr!)]);
+    const ok = await Promise.race([closed.then(() => true), sleep(10000, false, { ref: false })]);
+    assert.ok(ok, 'stdout and stderr reached EOF while the mount is up');
+    assert.ok(isMounted(mnt));
+    spawnSync('fusermount3', ['-u', mnt]);
+  });
+});
