@@ -59,7 +59,9 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     // fuse-native's thread hand-offs (scripts/bench).
     `entry_timeout=${CACHE_SECONDS}`, `negative_timeout=${CACHE_SECONDS}`, `attr_timeout=${CACHE_SECONDS}`, 'kernel_cache',
   ];
-  if (process.getuid?.() === 0) fuseOptions.push('allow_other');
+  // As root, let everyone in, as fuse-overlayfs does, unless asked for allow_root (the two exclude each other).
+  const allowRoot = [...opts.values()].some((o) => o.name === 'allow_root');
+  if (process.getuid?.() === 0 && !allowRoot) fuseOptions.push('allow_other');
   let fsname = 'ts-overlayfs';
   let readOnly = false;
   let debug = cmd.debug;

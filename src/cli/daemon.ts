@@ -33,7 +33,9 @@ export function launchDaemon(config: MountConfig, entry: string, argv: readonly 
       env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
     });
     let status = '';
-    child.stderr!.on('data', (chunk: Buffer) => process.stderr.write(chunk));
+    // What the daemon (libfuse, mostly) says before it is ready becomes part of the one error line.
+    let said = '';
+    child.stderr!.on('data', (chunk: Buffer) => { said += chunk.toString(); });
     const statusPipe = child.stdio[STATUS_FD] as NodeJS.ReadableStream;
     statusPipe.on('data', (chunk: Buffer) => {
       status += chunk.toString();
@@ -45,9 +47,13 @@ export function launchDaemon(config: MountConfig, entry: string, argv: readonly 
       resolve(code);
     };
     statusPipe.on('end', () => {
-      if (status.startsWith('ready')) return finish(0);
+      const details = said.split('\n').map((l) => l.trim()).filter(Boolean);
+      if (status.startsWith('ready')) {
+        for (const line of details) process.stderr.write(`${line}\n`);
+        return finish(0);
+      }
       const reason = status.startsWith('error ') ? status.slice(6).trim() : 'the daemon exited before the mount was ready';
-      process.stderr.write(`ts-overlayfs: ${reason}\n`);
+      process.stderr.write(`ts-overlayfs: ${[reason, ...details].join(': ')}\n`);
       finish(1);
     });
   });
