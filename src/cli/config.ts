@@ -21,6 +21,10 @@ export interface MountConfig {
   readonly work?: string;
   readonly mountpoint: string;
   readonly readOnly: boolean;
+  /** Namespace of the opaque markers written to upper: `user` with userxattr or when unprivileged. */
+  readonly xattrNamespace: 'trusted' | 'user';
+  /** Skip fsync (of copy-ups and of fsync requests), for throw-away uppers. */
+  readonly volatile: boolean;
   readonly foreground: boolean;
   readonly debug: boolean;
   /** Options handed to libfuse (see fuse/native.ts for why each is there). */
@@ -42,6 +46,7 @@ const FUSE_FLAGS = new Set([
 ]);
 
 const CACHE_SECONDS = 1000000;
+const ATTR_SECONDS = 1;
 
 export type Warn = (message: string) => void;
 
@@ -53,11 +58,13 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     'use_ino', 'hard_remove', 'big_writes', 'subtype=ts-overlayfs', 'default_permissions',
     // libfuse 2 alone refuses a non-empty mountpoint; fuse-overlayfs (libfuse 3) and the kernel do not.
     'nonempty',
-    // Nothing changes the layers behind the mount's back (the kernel's rule too), and every
-    // change through the mount is seen by the kernel, so it may cache names, attributes and
-    // file data for as long as it likes: each request that reaches us costs ~0.2 ms in
-    // fuse-native's thread hand-offs (scripts/bench).
-    `entry_timeout=${CACHE_SECONDS}`, `negative_timeout=${CACHE_SECONDS}`, `attr_timeout=${CACHE_SECONDS}`, 'kernel_cache',
+    // Nothing changes the layers behind the mount's back (the kernel's rule too) and every
+    // change of a name goes through the mount, so the kernel may keep names and negative
+    // lookups: each request that reaches us costs ~0.2 ms in fuse-native's thread hand-offs.
+    // Attributes are kept only ATTR_SECONDS: libfuse 2's path API gives each name of a hard
+    // link its own kernel inode, so a change through one name reaches the others' cached
+    // attributes only when these expire. File data is re-read at each open for the same reason.
+    `entry_timeout=${CACHE_SECONDS}`, `negative_timeout=${CACHE_SECONDS}`, `attr_timeout=${ATTR_SECONDS}`,
   ];
   // As root, let everyone in, as fuse-overlayfs does, unless asked for allow_root (the two exclude each other).
   const allowRoot = [...opts.values()].some((o) => o.name === 'allow_root');
@@ -65,9 +72,13 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   let fsname = 'ts-overlayfs';
   let readOnly = false;
   let debug = cmd.debug;
+  let userxattr = process.getuid?.() !== 0;
+  let volatile = false;
   for (const o of opts.values()) {
     if (['lowerdir', 'upperdir', 'workdir'].includes(o.name)) continue;
     if (o.name === 'ro') readOnly = true;
+    else if (o.name === 'userxattr') userxattr = true;
+    else if (o.name === 'volatile') volatile = true;
     else if (o.name === 'debug') debug = true;
     else if (o.name === 'fsname' && o.value !== null) fsname = unescape(o.value);
     else if (FUSE_FLAGS.has(o.name) && o.value === null) {
@@ -113,6 +124,8 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     work: readOnly ? undefined : work,
     mountpoint,
     readOnly: readOnly || upper === undefined,
+    xattrNamespace: userxattr ? 'user' : 'trusted',
+    volatile,
     foreground: cmd.foreground || debug,
     debug,
     fuseOptions,

@@ -25,7 +25,13 @@ export interface Served {
 }
 
 export async function serve(config: MountConfig): Promise<Served> {
-  const overlay = await Overlay.open({ lowers: config.lowers, upper: config.upper, work: config.work });
+  const overlay = await Overlay.open({
+    lowers: config.lowers,
+    upper: config.upper,
+    work: config.work,
+    xattrNamespace: config.xattrNamespace,
+    volatile: config.volatile,
+  });
   const fuse = new NativeFuse(config.mountpoint, fuseOperations(overlay), config.fuseOptions, {
     // fuse-native would answer ETIMEDOUT after 15 s; a large copy-up or read may take longer.
     timeout: false,

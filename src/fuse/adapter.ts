@@ -90,20 +90,68 @@ export function fuseOperations(overlay: Overlay): Operations & {
     listxattr(path, cb) {
       answer('listxattr', path, () => overlay.listxattr(path), cb);
     },
-    ...refusedWrites(overlay),
+    create(path: string, mode: number, cb: Done<number>) {
+      answer('create', path, () => overlay.create(path, mode), cb);
+    },
+    mknod(path: string, mode: number, dev: number, cb: Done<void>) {
+      answer('mknod', path, () => overlay.mknod(path, mode, dev), cb);
+    },
+    mkdir(path: string, mode: number, cb: Done<void>) {
+      answer('mkdir', path, () => overlay.mkdir(path, mode), cb);
+    },
+    symlink(target: string, path: string, cb: Done<void>) {
+      answer('symlink', path, () => overlay.symlink(target, path), cb);
+    },
+    link(from: string, to: string, cb: Done<void>) {
+      answer('link', `${from} -> ${to}`, () => overlay.link(from, to), cb);
+    },
+    unlink(path: string, cb: Done<void>) {
+      answer('unlink', path, () => overlay.unlink(path), cb);
+    },
+    rmdir(path: string, cb: Done<void>) {
+      answer('rmdir', path, () => overlay.rmdir(path), cb);
+    },
+    rename(from: string, to: string, cb: Done<void>) {
+      answer('rename', `${from} -> ${to}`, () => overlay.rename(from, to), cb);
+    },
+    truncate(path: string, size: number, cb: Done<void>) {
+      answer('truncate', path, () => overlay.truncate(path, size), cb);
+    },
+    ftruncate(path: string, fd: number, size: number, cb: Done<void>) {
+      answer('ftruncate', path, () => overlay.ftruncate(fd, size), cb);
+    },
+    chmod(path: string, mode: number, cb: Done<void>) {
+      answer('chmod', path, () => overlay.chmod(path, mode), cb);
+    },
+    chown(path: string, uid: number, gid: number, cb: Done<void>) {
+      answer('chown', path, () => overlay.chown(path, uid, gid), cb);
+    },
+    utimens(path: string, atime: number, mtime: number, cb: Done<void>) {
+      answer('utimens', path, () => overlay.utimens(path, atime, mtime), cb);
+    },
+    setxattr(path: string, name: string, value: Buffer, _position: number, flags: number, cb: Done<void>) {
+      answer(`setxattr ${name}`, path, () => overlay.setxattr(path, name, Buffer.from(value), flags), cb);
+    },
+    removexattr(path: string, name: string, cb: Done<void>) {
+      answer(`removexattr ${name}`, path, () => overlay.removexattr(path, name), cb);
+    },
+    write(path, fd, buf, len, pos, cb) {
+      overlay.write(fd, buf, len, pos).then(
+        (n) => cb(n),
+        (err) => cb(failure('write', path, err)),
+      );
+    },
+    fsync(path: string, datasync: number, fd: number, cb: Done<void>) {
+      answer('fsync', path, () => overlay.fsync(fd, datasync !== 0), cb);
+    },
+    fsyncdir(path: string, _datasync: number, _fd: number, cb: Done<void>) {
+      // Directory changes are made with synchronous calls; nothing is pending in this process.
+      answer('fsyncdir', path, async () => undefined, cb);
+    },
+    flush(path: string, _fd: number, cb: Done<void>) {
+      // Writes reach the layer file as they arrive; there is nothing to flush on close.
+      answer('flush', path, async () => undefined, cb);
+    },
   };
 }
 
-/** Until the write path exists, every mutating operation answers EROFS (not ENOSYS). */
-function refusedWrites(overlay: Overlay): Operations {
-  const ops: Operations = {};
-  const names = ['create', 'mknod', 'mkdir', 'symlink', 'link', 'write', 'truncate', 'ftruncate', 'unlink',
-    'rmdir', 'rename', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr'];
-  for (const name of names) {
-    ops[name] = (path: string, ...rest: unknown[]) => {
-      const cb = rest[rest.length - 1] as (err: number) => void;
-      answer(name, path, () => overlay.refuseWrite(path), cb);
-    };
-  }
-  return ops;
-}

@@ -18,7 +18,10 @@ export interface LayerListing {
   readonly opaqueMarker: boolean;
 }
 
-const EMPTY: LayerListing = { entries: new Map(), whiteouts: new Set(), opaqueMarker: false };
+/** A fresh, empty listing (a new directory); each is its own object, as listings change. */
+export function emptyListing(): LayerListing {
+  return { entries: new Map(), whiteouts: new Set(), opaqueMarker: false };
+}
 
 /** Reads a layer directory; a directory that vanished or is not one contributes nothing. */
 export async function readListing(dir: string): Promise<LayerListing> {
@@ -26,7 +29,7 @@ export async function readListing(dir: string): Promise<LayerListing> {
   try {
     dirents = readdirSync(dir, { withFileTypes: true });
   } catch (err) {
-    if (hasCode(err, 'ENOENT', 'ENOTDIR')) return EMPTY;
+    if (hasCode(err, 'ENOENT', 'ENOTDIR')) return emptyListing();
     throw err;
   }
   const entries = new Map<string, EntryKind>();

@@ -3,12 +3,14 @@
  * plain data or throws an error carrying an errno (OvlError or Node's own).
  */
 import { constants as fsc, lstatSync, readlinkSync, promises as fsp } from 'node:fs';
-import { read as fsRead, close as fsClose, open as fsOpen } from 'node:fs';
+import { read as fsRead, close as fsClose, open as fsOpen, write as fsWrite, fsync as fsFsync, fdatasync as fsFdatasync, ftruncate as fsFtruncate } from 'node:fs';
 import { errorFor } from '../errors';
 import { lgetxattr, llistxattr } from '../sys/libc';
 import { isPrivateXattr } from './format';
 import { openLayers, type Layer } from './layer';
 import { OverlayTree, type OvlNode } from './tree';
+import { Workdir } from './workdir';
+import * as writes from './writes';
 
 export interface OverlayConfig {
   /** Lower directories, top first (absolute paths). */
@@ -17,6 +19,10 @@ export interface OverlayConfig {
   readonly upper?: string;
   /** Work directory, on the same filesystem as upper. */
   readonly work?: string;
+  /** Namespace of the opaque markers written: `trusted` (default) or `user` (userxattr, rootless). */
+  readonly xattrNamespace?: 'trusted' | 'user';
+  /** Skip fsync of copied-up data and of fsync requests (the `volatile` option). */
+  readonly volatile?: boolean;
 }
 
 /** Attributes as the mount presents them. */
@@ -56,25 +62,61 @@ export interface OvlStatfs {
 
 const ACCESS_WRITE_FLAGS = fsc.O_WRONLY | fsc.O_RDWR;
 const W_OK = 2;
-/** Flags passed on when opening a layer file; creation and truncation are the overlay's business. */
-const PASSED_OPEN_FLAGS = fsc.O_WRONLY | fsc.O_RDWR | fsc.O_APPEND | fsc.O_NONBLOCK | fsc.O_SYNC | fsc.O_DSYNC;
+/** Flags passed on when opening a layer file; creation is the overlay's business. */
+const PASSED_OPEN_FLAGS = fsc.O_WRONLY | fsc.O_RDWR | fsc.O_APPEND | fsc.O_NONBLOCK | fsc.O_SYNC | fsc.O_DSYNC | fsc.O_TRUNC;
+
+function promised<T>(run: (cb: (err: NodeJS.ErrnoException | null, result?: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => run((err, result) => (err ? reject(err) : resolve(result as T))));
+}
+
+/** '/a/b/c' -> ['/a/b', 'c']. */
+function splitPath(path: string): [string, string] {
+  const i = path.lastIndexOf('/');
+  return [i <= 0 ? '/' : path.slice(0, i), path.slice(i + 1)];
+}
 
 export class Overlay {
   private constructor(
     readonly config: OverlayConfig,
     readonly layers: readonly Layer[],
     readonly tree: OverlayTree,
+    private readonly writeContext: writes.WriteContext | null,
   ) {}
 
   static async open(config: OverlayConfig): Promise<Overlay> {
     const layers = await openLayers(config.lowers, config.upper);
     const tree = new OverlayTree(layers);
     await tree.root();
-    return new Overlay(config, layers, tree);
+    let ctx: writes.WriteContext | null = null;
+    if (config.upper !== undefined) {
+      if (config.work === undefined) throw errorFor('EINVAL', 'upperdir needs a workdir');
+      ctx = {
+        tree,
+        upper: layers[0],
+        work: Workdir.prepare(config.work, layers[0].dev),
+        fsync: !config.volatile,
+        xattrNamespace: config.xattrNamespace ?? 'trusted',
+      };
+    }
+    return new Overlay(config, layers, tree, ctx);
   }
 
   get readOnly(): boolean {
-    return this.config.upper === undefined;
+    return this.writeContext === null;
+  }
+
+  private get ctx(): writes.WriteContext {
+    if (this.writeContext === null) throw errorFor('EROFS');
+    return this.writeContext;
+  }
+
+  /** The directory a new name goes in, and the name; EEXIST if the name is taken. */
+  private async freeName(path: string): Promise<[OvlNode, string]> {
+    const [dirPath, name] = splitPath(path);
+    const dir = await this.tree.resolve(dirPath);
+    if (!dir.isDir) throw errorFor('ENOTDIR', dirPath);
+    if (await dir.child(name, this.tree)) throw errorFor('EEXIST', path);
+    return [dir, name];
   }
 
   async getattr(path: string): Promise<OvlStat> {
@@ -107,22 +149,113 @@ export class Overlay {
   /** Opens a file for I/O and returns its descriptor, used as the FUSE file handle. */
   async open(path: string, flags: number): Promise<number> {
     const node = await this.tree.resolve(path);
-    const writing = (flags & ACCESS_WRITE_FLAGS) !== 0 || (flags & fsc.O_TRUNC) !== 0;
-    // Writing through the mount (copy-up and the mutating operations) is not there yet.
-    if (writing) throw errorFor('EROFS', path);
-    return new Promise((resolve, reject) => {
-      fsOpen(node.realPath, (flags & PASSED_OPEN_FLAGS) | fsc.O_NOFOLLOW, (err, fd) => (err ? reject(err) : resolve(fd)));
-    });
+    const truncating = (flags & fsc.O_TRUNC) !== 0;
+    if ((flags & ACCESS_WRITE_FLAGS) !== 0 || truncating) await writes.openForWrite(this.ctx, node, truncating);
+    return promised((cb) => fsOpen(node.realPath, (flags & PASSED_OPEN_FLAGS) | fsc.O_NOFOLLOW, cb));
+  }
+
+  async create(path: string, mode: number): Promise<number> {
+    const ctx = this.ctx;
+    const [dir, name] = await this.freeName(path);
+    return writes.create(ctx, dir, name, mode);
+  }
+
+  async mknod(path: string, mode: number, rdev: number): Promise<void> {
+    const ctx = this.ctx;
+    const [dir, name] = await this.freeName(path);
+    writes.mknodAt(ctx, dir, name, mode, rdev);
+  }
+
+  async mkdir(path: string, mode: number): Promise<void> {
+    const ctx = this.ctx;
+    const [dir, name] = await this.freeName(path);
+    writes.mkdirAt(ctx, dir, name, mode);
+  }
+
+  async symlink(target: string, path: string): Promise<void> {
+    const ctx = this.ctx;
+    const [dir, name] = await this.freeName(path);
+    writes.symlinkAt(ctx, dir, name, target);
+  }
+
+  async link(from: string, to: string): Promise<void> {
+    const ctx = this.ctx;
+    const src = await this.tree.resolve(from);
+    const [dir, name] = await this.freeName(to);
+    await writes.linkAt(ctx, src, dir, name);
+  }
+
+  async unlink(path: string): Promise<void> {
+    const ctx = this.ctx;
+    const node = await this.tree.resolve(path);
+    if (node.isDir) throw errorFor('EISDIR', path);
+    await writes.remove(ctx, node.parent!, node);
+  }
+
+  async rmdir(path: string): Promise<void> {
+    const ctx = this.ctx;
+    const node = await this.tree.resolve(path);
+    if (!node.isDir) throw errorFor('ENOTDIR', path);
+    if (node.parent === null) throw errorFor('EBUSY', path);
+    if ((await this.mergedNames(node)).length > 0) throw errorFor('ENOTEMPTY', path);
+    await writes.remove(ctx, node.parent, node);
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    const ctx = this.ctx;
+    const src = await this.tree.resolve(from);
+    if (src.parent === null) throw errorFor('EBUSY', from);
+    const [dirPath, name] = splitPath(to);
+    const dstDir = await this.tree.resolve(dirPath);
+    if (!dstDir.isDir) throw errorFor('ENOTDIR', dirPath);
+    const dst = await dstDir.child(name, this.tree);
+    if (dst && dst.isDir && src.isDir && (await this.mergedNames(dst)).length > 0) throw errorFor('ENOTEMPTY', to);
+    await writes.rename(ctx, src, dstDir, name, dst);
+  }
+
+  async truncate(path: string, size: number): Promise<void> {
+    await writes.truncate(this.ctx, await this.tree.resolve(path), size);
+  }
+
+  async chmod(path: string, mode: number): Promise<void> {
+    await writes.chmod(this.ctx, await this.tree.resolve(path), mode);
+  }
+
+  async chown(path: string, uid: number, gid: number): Promise<void> {
+    await writes.chown(this.ctx, await this.tree.resolve(path), uid, gid);
+  }
+
+  async utimens(path: string, atimeMs: number, mtimeMs: number): Promise<void> {
+    await writes.utimens(this.ctx, await this.tree.resolve(path), atimeMs, mtimeMs);
+  }
+
+  async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
+    await writes.setxattr(this.ctx, await this.tree.resolve(path), name, value, flags);
+  }
+
+  async removexattr(path: string, name: string): Promise<void> {
+    await writes.removexattr(this.ctx, await this.tree.resolve(path), name);
+  }
+
+  write(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
+    return promised((cb) => fsWrite(fd, buf, 0, length, position, cb));
+  }
+
+  ftruncate(fd: number, size: number): Promise<void> {
+    return promised((cb) => fsFtruncate(fd, size, cb));
+  }
+
+  fsync(fd: number, datasync: boolean): Promise<void> {
+    if (this.config.volatile) return Promise.resolve();
+    return promised((cb) => (datasync ? fsFdatasync : fsFsync)(fd, cb));
   }
 
   read(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
-    return new Promise((resolve, reject) => {
-      fsRead(fd, buf, 0, length, position, (err, n) => (err ? reject(err) : resolve(n)));
-    });
+    return promised((cb) => fsRead(fd, buf, 0, length, position, cb));
   }
 
   release(fd: number): Promise<void> {
-    return new Promise((resolve, reject) => fsClose(fd, (err) => (err ? reject(err) : resolve())));
+    return promised((cb) => fsClose(fd, cb));
   }
 
   async getxattr(path: string, name: string): Promise<Buffer> {
@@ -138,12 +271,7 @@ export class Overlay {
 
   async access(path: string, mode: number): Promise<void> {
     await this.tree.resolve(path);
-    if ((mode & W_OK) !== 0) throw errorFor('EROFS', path);
-  }
-
-  /** Every change through the mount, until copy-up and the write path exist. */
-  async refuseWrite(path: string): Promise<void> {
-    throw errorFor('EROFS', path);
+    if ((mode & W_OK) !== 0 && this.readOnly) throw errorFor('EROFS', path);
   }
 
   async statfs(): Promise<OvlStatfs> {

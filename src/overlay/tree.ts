@@ -21,7 +21,7 @@ import { lgetxattrOrNull } from '../sys/libc';
 import { isOpaqueValue, OPAQUE_WHITEOUT, OPAQUE_XATTRS } from './format';
 import { InodeTable } from './inodes';
 import { layerPath, type Layer } from './layer';
-import { readListing, type LayerListing } from './listing';
+import { emptyListing, readListing, type LayerListing } from './listing';
 
 const S_IFMT = 0o170000;
 
@@ -30,10 +30,15 @@ export class OvlNode {
   readonly children = new Map<string, OvlNode | null>();
   private readonly pending = new Map<string, Promise<OvlNode | null>>();
   private listingsLoad?: Promise<LayerListing[]>;
+  private loaded?: LayerListing[];
+  /** Set once the entry is unlinked or replaced: work still in flight on it must not land. */
+  removed = false;
+  /** A copy-up in progress, which later writers wait for instead of starting their own. */
+  copyUp?: Promise<void>;
 
   constructor(
-    readonly name: string,
-    readonly parent: OvlNode | null,
+    public name: string,
+    public parent: OvlNode | null,
     /** Topmost layer holding the entry: where its attributes and data come from. */
     public layer: Layer,
     /** Directories only: the layers merged into it, top first, cut at an opaque one. */
@@ -68,11 +73,39 @@ export class OvlNode {
   listings(): Promise<LayerListing[]> {
     if (!this.listingsLoad) {
       const rel = this.path;
-      this.listingsLoad = Promise.all(this.dirLayers.map((l) => readListing(layerPath(l, rel))));
-      // A failed read must not stick: the next caller tries again.
-      this.listingsLoad.catch(() => { this.listingsLoad = undefined; });
+      const load = Promise.all(this.dirLayers.map((l) => readListing(layerPath(l, rel))));
+      this.listingsLoad = load;
+      // A copy-up may replace the layer set meanwhile: only the current load counts.
+      load.then(
+        (ls) => { if (this.listingsLoad === load) this.loaded = ls; },
+        // A failed read must not stick: the next caller tries again.
+        () => { if (this.listingsLoad === load) this.listingsLoad = undefined; },
+      );
     }
     return this.listingsLoad;
+  }
+
+  /** The upper layer's listing of this directory, once loaded (undefined if not in upper). */
+  upperListing(): LayerListing | undefined {
+    return this.dirLayers[0]?.upper ? this.loaded?.[0] : undefined;
+  }
+
+  /** After a copy-up of this directory: the upper layer now merges into it, on top. */
+  prependUpper(upper: Layer): void {
+    this.dirLayers = [upper, ...this.dirLayers];
+    this.layer = upper;
+    if (this.loaded) {
+      this.loaded = [emptyListing(), ...this.loaded];
+      this.listingsLoad = Promise.resolve(this.loaded);
+    } else {
+      this.listingsLoad = undefined;
+    }
+  }
+
+  /** No ancestor (nor the node itself) was removed: it still has a place in the tree. */
+  get attached(): boolean {
+    for (let n: OvlNode | null = this; n !== null; n = n.parent) if (n.removed) return false;
+    return true;
   }
 
   /** Resolves one name in this directory, at most once however many callers ask at a time. */
@@ -132,21 +165,7 @@ export class OverlayTree {
   async lookupChild(dir: OvlNode, name: string): Promise<OvlNode | null> {
     const listings = await dir.listings();
     const rel = dir.path === '' ? name : `${dir.path}/${name}`;
-    const found: Layer[] = [];
-    for (let i = 0; i < dir.dirLayers.length; i++) {
-      const listing = listings[i];
-      const kind = listing.entries.get(name);
-      if (kind === undefined) {
-        if (listing.whiteouts.has(name)) break;
-        continue;
-      }
-      if (kind === 'other') {
-        if (found.length === 0) found.push(dir.dirLayers[i]);
-        break;
-      }
-      found.push(dir.dirLayers[i]);
-      if (listing.whiteouts.has(name)) break;
-    }
+    const found = layersHolding(dir.dirLayers, listings, name, 0);
     if (found.length === 0) return null;
 
     const top = found[0];
@@ -172,6 +191,36 @@ export class OverlayTree {
     }
     return kept;
   }
+}
+
+/**
+ * Whether NAME would be visible in DIR from its lower layers alone: then removing it from the
+ * upper layer must leave a whiteout, and a directory put there must be opaque.
+ */
+export async function lowerPositive(dir: OvlNode, name: string): Promise<boolean> {
+  const listings = await dir.listings();
+  const first = dir.dirLayers[0]?.upper ? 1 : 0;
+  return layersHolding(dir.dirLayers, listings, name, first).length > 0;
+}
+
+/** The layers, from `first` down, that make up NAME: one for a non-directory, several for a merged one. */
+function layersHolding(layers: readonly Layer[], listings: readonly LayerListing[], name: string, first: number): Layer[] {
+  const found: Layer[] = [];
+  for (let i = first; i < layers.length; i++) {
+    const listing = listings[i];
+    const kind = listing.entries.get(name);
+    if (kind === undefined) {
+      if (listing.whiteouts.has(name)) break;
+      continue;
+    }
+    if (kind === 'other') {
+      if (found.length === 0) found.push(layers[i]);
+      break;
+    }
+    found.push(layers[i]);
+    if (listing.whiteouts.has(name)) break;
+  }
+  return found;
 }
 
 /** Marked opaque by xattr (trusted or user namespace) or by an AUFS `.wh..wh..opq` file. */

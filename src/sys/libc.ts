@@ -20,6 +20,8 @@ const c = {
   utimensat: libc.func('int utimensat(int dirfd, const char *path, const void *times, int flags)'),
   umount2: libc.func('int umount2(const char *target, int flags)'),
   dup2: libc.func('int dup2(int oldfd, int newfd)'),
+  lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
+  ioctl: libc.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
 };
 
 export const AT_FDCWD = -100;
@@ -119,4 +121,29 @@ export function makedev(major: number, minor: number): number {
 /** Points descriptor `target` at what `source` refers to (Node has no dup2). */
 export function dup2(source: number, target: number): void {
   if (c.dup2(source, target) < 0) fail('dup2', String(target));
+}
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const FICLONE = 0x40049409;
+
+/**
+ * The next data extent of `fd` at or after `from`: [start, end), or null past the last one.
+ * Filesystems without hole reporting answer with one extent for the whole file.
+ */
+export function nextDataExtent(fd: number, from: number): [number, number] | null {
+  const start = Number(c.lseek(fd, from, SEEK_DATA));
+  if (start < 0) {
+    if (koffi.errno() === koffi.os.errno.ENXIO) return null;
+    fail('lseek', `fd ${fd}`);
+  }
+  const end = Number(c.lseek(fd, start, SEEK_HOLE));
+  if (end < 0) fail('lseek', `fd ${fd}`);
+  return [start, end];
+}
+
+/** Shares the data of `src` with `dst` (reflink); false where the filesystem cannot. */
+export function reflink(dst: number, src: number): boolean {
+  if (c.ioctl(dst, FICLONE, src) === 0) return true;
+  return false;
 }

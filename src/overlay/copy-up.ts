@@ -1,0 +1,175 @@
+/**
+ * Copy-up: before the first change to an entry that lives only in a lower layer, a copy of it
+ * (data, mode, owner, times, xattrs) is built in the work directory and renamed into the
+ * upper layer in one step; its parent directories are copied up first, the same way.
+ * A file keeps its st_ino. Concurrent first writers share one copy-up.
+ */
+import { closeSync, fsyncSync, lchownSync, chmodSync, lstatSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, type BigIntStats } from 'node:fs';
+import { read as fsRead, write as fsWrite, constants as fsc } from 'node:fs';
+import { errorFor, hasCode } from '../errors';
+import { lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
+import { isPrivateXattr } from './format';
+import { layerPath, type Layer } from './layer';
+import type { OverlayTree, OvlNode } from './tree';
+import type { Workdir } from './workdir';
+
+export interface UpperContext {
+  readonly tree: OverlayTree;
+  readonly upper: Layer;
+  readonly work: Workdir;
+  /** fsync copied data before it is renamed into place (off with `volatile`). */
+  readonly fsync: boolean;
+}
+
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
+const COPY_CHUNK = 1 << 20;
+
+export interface CopyUpOptions {
+  /** Copy the file data; false where it is about to be truncated to nothing anyway. */
+  readonly data: boolean;
+}
+
+/** Makes `node` live in the upper layer (a no-op if it already does). */
+export async function copyUp(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions = { data: true }): Promise<void> {
+  while (!node.layer.upper) {
+    if (node.copyUp) {
+      await node.copyUp;
+      continue;
+    }
+    if (node.isDir || (node.type & S_IFMT) !== S_IFREG) {
+      copyUpSync(ctx, node);
+      return;
+    }
+    const running = copyUpFile(ctx, node, opts).finally(() => { node.copyUp = undefined; });
+    node.copyUp = running;
+    await running;
+  }
+}
+
+/** Makes a directory and its ancestors live in the upper layer; synchronous, so atomic here. */
+export function copyUpDirChain(ctx: UpperContext, dir: OvlNode): void {
+  if (!dir.layer.upper) copyUpSync(ctx, dir);
+}
+
+function copyUpSync(ctx: UpperContext, node: OvlNode): void {
+  const parent = node.parent!;
+  copyUpDirChain(ctx, parent);
+  const src = node.realPath;
+  const st = lstatSync(src, { bigint: true });
+  const tmp = ctx.work.temp();
+  const type = Number(st.mode) & S_IFMT;
+  if (node.isDir) mkdirSync(tmp, { mode: 0o700 });
+  else if (type === S_IFLNK) symlinkSync(readlinkSync(src), tmp);
+  else mknod(tmp, Number(st.mode), Number(st.rdev));
+  try {
+    copyAttributes(src, tmp, st);
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  moveIntoUpper(ctx, node, tmp);
+}
+
+async function copyUpFile(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions): Promise<void> {
+  const src = node.realPath;
+  const st = lstatSync(src, { bigint: true });
+  const tmp = ctx.work.temp();
+  const out = openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+  try {
+    try {
+      if (opts.data) await copyData(src, out, Number(st.size));
+      if (ctx.fsync) fsyncSync(out);
+    } finally {
+      closeSync(out);
+    }
+    copyAttributes(src, tmp, st);
+    // The entry may have been removed or renamed while its data was being copied.
+    if (!node.attached) throw errorFor('ENOENT', node.path);
+    if (node.layer.upper) throw errorFor('EEXIST', node.path);
+    copyUpDirChain(ctx, node.parent!);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+  moveIntoUpper(ctx, node, tmp);
+}
+
+/** Copies file data, keeping holes, by reflink where the filesystem shares extents. */
+async function copyData(src: string, out: number, size: number): Promise<void> {
+  const input = openSync(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+  try {
+    if (reflink(out, input)) return;
+    const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(size, 1)));
+    let pos = 0;
+    for (let extent = nextDataExtent(input, 0); extent !== null && extent[0] < size; extent = nextDataExtent(input, pos)) {
+      const [start, end] = extent;
+      for (pos = start; pos < Math.min(end, size);) {
+        const n = await ioRead(input, buf, Math.min(buf.length, end - pos), pos);
+        if (n === 0) break;
+        await ioWriteAll(out, buf, n, pos);
+        pos += n;
+      }
+      if (pos >= size) break;
+    }
+  } finally {
+    closeSync(input);
+  }
+  // A hole at the end is kept by the size alone.
+  const { ftruncateSync } = await import('node:fs');
+  ftruncateSync(out, size);
+}
+
+function ioRead(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fsRead(fd, buf, 0, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+async function ioWriteAll(fd: number, buf: Buffer, length: number, position: number): Promise<void> {
+  for (let done = 0; done < length;) {
+    const n = await new Promise<number>((resolve, reject) =>
+      fsWrite(fd, buf, done, length - done, position + done, (err, w) => (err ? reject(err) : resolve(w))));
+    done += n;
+  }
+}
+
+function timespec(ns: bigint): Timespec {
+  return { sec: Number(ns / 1_000_000_000n), nsec: Number(ns % 1_000_000_000n) };
+}
+
+/** xattrs (but the overlay's own), owner, mode, then times, which every other change would touch. */
+function copyAttributes(src: string, dst: string, st: BigIntStats): void {
+  const isLink = (Number(st.mode) & S_IFMT) === S_IFLNK;
+  for (const name of llistxattr(src)) {
+    if (isPrivateXattr(name)) continue;
+    try {
+      lsetxattr(dst, name, lgetxattr(src, name));
+    } catch (err) {
+      // user.* xattrs cannot exist on symlinks of most filesystems: nothing to lose there.
+      if (!(isLink && hasCode(err, 'EPERM', 'ENOTSUP'))) throw err;
+    }
+  }
+  lchownSync(dst, Number(st.uid), Number(st.gid));
+  if (!isLink) chmodSync(dst, Number(st.mode) & 0o7777);
+  lutimens(dst, timespec(st.atimeNs), timespec(st.mtimeNs));
+}
+
+/** The one rename that makes a copy visible; the parent's times stay as they were. */
+function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string): void {
+  const parent = node.parent!;
+  const parentPath = layerPath(ctx.upper, parent.path);
+  const target = layerPath(ctx.upper, node.path);
+  const pst = lstatSync(parentPath, { bigint: true });
+  try {
+    renameat2(tmp, target, RENAME_NOREPLACE);
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  lutimens(parentPath, timespec(pst.atimeNs), timespec(pst.mtimeNs));
+  const st = lstatSync(target);
+  ctx.tree.inodes.alias(st.dev, st.ino, node.ino);
+  if (node.isDir) node.prependUpper(ctx.upper);
+  else node.layer = ctx.upper;
+  parent.upperListing()?.entries.set(node.name, node.isDir ? 'dir' : 'other');
+}

@@ -1,0 +1,299 @@
+/**
+ * Every change to the merged tree, written to the upper layer in the kernel's format:
+ * removing a name that a lower layer still holds leaves a whiteout (char 0/0), a directory
+ * made where a whiteout stands is opaque, and entries replace whiteouts in one rename.
+ *
+ * The namespace steps are synchronous system calls, so each change is atomic with respect
+ * to every other request this process serves; only copying file data waits.
+ */
+import {
+  chmodSync, constants as fsc, fchmodSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
+  readdirSync, rmSync, symlinkSync, truncateSync, unlinkSync,
+} from 'node:fs';
+import { errorFor, hasCode } from '../errors';
+import { lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
+import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
+import { isPrivateXattr, isWhiteoutName, isWhiteoutStat } from './format';
+import { layerPath } from './layer';
+import { lowerPositive, type OvlNode } from './tree';
+
+export interface WriteContext extends UpperContext {
+  /** Where opaque markers are written: `trusted` as root, `user` unprivileged (the kernel's userxattr). */
+  readonly xattrNamespace: 'trusted' | 'user';
+}
+
+const S_IFMT = 0o170000;
+const S_IFCHR = 0o020000;
+
+/** Names starting `.wh.` are whiteouts to every layer reader: they cannot be made through the mount. */
+export function checkNewName(name: string): void {
+  if (isWhiteoutName(name)) throw errorFor('EINVAL', `${name}: names starting with .wh. are reserved`);
+}
+
+function upperPathOf(ctx: WriteContext, dir: OvlNode, name: string): string {
+  const rel = dir.path === '' ? name : `${dir.path}/${name}`;
+  return layerPath(ctx.upper, rel);
+}
+
+function isWhiteoutAt(path: string): boolean {
+  try {
+    return isWhiteoutStat(lstatSync(path));
+  } catch (err) {
+    if (hasCode(err, 'ENOENT')) return false;
+    throw err;
+  }
+}
+
+function makeWhiteout(path: string): void {
+  mknod(path, S_IFCHR, 0);
+}
+
+function setOpaque(ctx: WriteContext, path: string): void {
+  lsetxattr(path, `${ctx.xattrNamespace}.overlay.opaque`, Buffer.from('y'));
+}
+
+/** The listing cache of DIR's upper layer after NAME became `kind` there (or went). */
+function noteUpper(dir: OvlNode, name: string, kind: 'dir' | 'other' | 'whiteout' | 'none'): void {
+  const listing = dir.upperListing();
+  dir.children.delete(name);
+  if (!listing) return;
+  listing.entries.delete(name);
+  listing.whiteouts.delete(name);
+  if (kind === 'dir' || kind === 'other') listing.entries.set(name, kind);
+  else if (kind === 'whiteout') listing.whiteouts.add(name);
+}
+
+/**
+ * Makes a new non-directory NAME in DIR's upper layer with `make`: in place, or, where a
+ * whiteout stands, built in the work directory and renamed over the whiteout in one step.
+ */
+function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, make: (path: string) => T): T {
+  checkNewName(name);
+  copyUpDirChain(ctx, dir);
+  const target = upperPathOf(ctx, dir, name);
+  let result: T;
+  if (isWhiteoutAt(target)) {
+    const tmp = ctx.work.temp();
+    result = make(tmp);
+    try {
+      renameSync(tmp, target);
+    } catch (err) {
+      rmSync(tmp, { force: true });
+      throw err;
+    }
+  } else {
+    result = make(target);
+  }
+  noteUpper(dir, name, 'other');
+  return result;
+}
+
+/** Creates and opens a regular file; returns the descriptor. */
+export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: number): number {
+  return placeNew(ctx, dir, name, (path) => {
+    const fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+    // The kernel already applied the caller's umask; ours must not apply again.
+    fchmodSync(fd, mode & 0o7777);
+    return fd;
+  });
+}
+
+export function mknodAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number, rdev: number): void {
+  placeNew(ctx, dir, name, (path) => {
+    mknod(path, (mode & S_IFMT) | 0o600, rdev);
+    chmodSync(path, mode & 0o7777);
+  });
+}
+
+export function symlinkAt(ctx: WriteContext, dir: OvlNode, name: string, target: string): void {
+  placeNew(ctx, dir, name, (path) => symlinkSync(target, path));
+}
+
+export async function linkAt(ctx: WriteContext, src: OvlNode, dir: OvlNode, name: string): Promise<void> {
+  if (src.isDir) throw errorFor('EPERM', 'hard link to a directory');
+  checkNewName(name);
+  await copyUp(ctx, src);
+  placeNew(ctx, dir, name, (path) => linkSync(src.realPath, path));
+}
+
+/** mkdir; where a whiteout stands the new directory is opaque, so what was deleted stays hidden. */
+export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number): void {
+  checkNewName(name);
+  copyUpDirChain(ctx, dir);
+  const target = upperPathOf(ctx, dir, name);
+  if (isWhiteoutAt(target)) {
+    const tmp = ctx.work.temp();
+    mkdirSync(tmp, { mode: 0o700 });
+    try {
+      chmodSync(tmp, mode & 0o7777);
+      setOpaque(ctx, tmp);
+      // A directory cannot be renamed over a file: swap them, then drop the whiteout.
+      renameat2(tmp, target, RENAME_EXCHANGE);
+    } catch (err) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw err;
+    }
+    unlinkSync(tmp);
+  } else {
+    mkdirSync(target, { mode: 0o700 });
+    chmodSync(target, mode & 0o7777);
+  }
+  noteUpper(dir, name, 'dir');
+}
+
+/** Takes an upper entry out of the way: into the work directory, then deleted. */
+function discardUpper(ctx: WriteContext, path: string, isDir: boolean): void {
+  if (!isDir) {
+    unlinkSync(path);
+    return;
+  }
+  // An upper directory may still hold whiteouts; move it out in one step, then empty it.
+  const tmp = ctx.work.temp();
+  renameSync(path, tmp);
+  rmSync(tmp, { recursive: true, force: true });
+}
+
+/** unlink and rmdir: NAME goes from the merged view, by a whiteout if a lower layer holds it. */
+export async function remove(ctx: WriteContext, dir: OvlNode, node: OvlNode): Promise<void> {
+  const name = node.name;
+  const whiteout = await lowerPositive(dir, name);
+  const target = upperPathOf(ctx, dir, name);
+  if (node.layer.upper) {
+    if (whiteout) {
+      const tmp = ctx.work.temp();
+      makeWhiteout(tmp);
+      if (node.isDir) {
+        renameat2(tmp, target, RENAME_EXCHANGE);
+        rmSync(tmp, { recursive: true, force: true });
+      } else {
+        renameSync(tmp, target);
+      }
+    } else {
+      discardUpper(ctx, target, node.isDir);
+    }
+  } else {
+    copyUpDirChain(ctx, dir);
+    makeWhiteout(target);
+  }
+  node.removed = true;
+  noteUpper(dir, name, whiteout ? 'whiteout' : 'none');
+  dir.children.set(name, null);
+}
+
+/**
+ * rename. Directories with content in a lower layer are refused with EXDEV, as the kernel
+ * does without redirect_dir; `mv` then copies and deletes.
+ */
+export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, dstName: string, dst: OvlNode | null): Promise<void> {
+  checkNewName(dstName);
+  const srcDir = src.parent!;
+  if (dst === src) return;
+  if (dst) {
+    if (src.isDir && !dst.isDir) throw errorFor('ENOTDIR', dstName);
+    if (!src.isDir && dst.isDir) throw errorFor('EISDIR', dstName);
+  }
+  if (src.isDir && !(src.layer.upper && src.dirLayers.length === 1)) throw errorFor('EXDEV', src.path);
+  await copyUp(ctx, src);
+  copyUpDirChain(ctx, dstDir);
+  const srcWhiteout = await lowerPositive(srcDir, src.name);
+  const dstLower = await lowerPositive(dstDir, dstName);
+  const from = src.realPath;
+  const to = upperPathOf(ctx, dstDir, dstName);
+
+  const existing = upperKind(to);
+  if (src.isDir && existing === 'whiteout') {
+    // A directory cannot replace a file: swap, and the whiteout lands where the source was.
+    renameat2(from, to, RENAME_EXCHANGE);
+    if (!srcWhiteout) unlinkSync(from);
+  } else if (src.isDir && existing === 'dir' && !isEmptyDir(to)) {
+    // The target is empty in the merged view but holds whiteouts: swap, then drop it.
+    renameat2(from, to, RENAME_EXCHANGE);
+    discardUpper(ctx, from, true);
+    if (srcWhiteout) makeWhiteout(from);
+  } else if (srcWhiteout) {
+    renameWithWhiteout(from, to);
+  } else {
+    renameSync(from, to);
+  }
+  if (src.isDir && dstLower) setOpaque(ctx, to);
+
+  if (dst) dst.removed = true;
+  noteUpper(srcDir, src.name, srcWhiteout ? 'whiteout' : 'none');
+  srcDir.children.set(src.name, null);
+  noteUpper(dstDir, dstName, src.isDir ? 'dir' : 'other');
+  src.parent = dstDir;
+  src.name = dstName;
+  if (src.isDir && dstLower) src.dirLayers = [ctx.upper];
+  dstDir.children.set(dstName, src);
+}
+
+function upperKind(path: string): 'none' | 'whiteout' | 'dir' | 'other' {
+  try {
+    const st = lstatSync(path);
+    if (isWhiteoutStat(st)) return 'whiteout';
+    return st.isDirectory() ? 'dir' : 'other';
+  } catch (err) {
+    if (hasCode(err, 'ENOENT')) return 'none';
+    throw err;
+  }
+}
+
+function isEmptyDir(path: string): boolean {
+  return readdirSync(path).length === 0;
+}
+
+/** rename leaving a whiteout at the source, in one step where the filesystem can (RENAME_WHITEOUT). */
+function renameWithWhiteout(from: string, to: string): void {
+  try {
+    renameat2(from, to, RENAME_WHITEOUT);
+  } catch (err) {
+    if (!hasCode(err, 'EINVAL', 'EPERM', 'ENOSYS')) throw err;
+    renameSync(from, to);
+    makeWhiteout(from);
+  }
+}
+
+export async function truncate(ctx: WriteContext, node: OvlNode, size: number): Promise<void> {
+  if (node.isDir) throw errorFor('EISDIR', node.path);
+  await copyUp(ctx, node, { data: size > 0 });
+  truncateSync(node.realPath, size);
+}
+
+export async function chmod(ctx: WriteContext, node: OvlNode, mode: number): Promise<void> {
+  await copyUp(ctx, node);
+  chmodSync(node.realPath, mode & 0o7777);
+}
+
+export async function chown(ctx: WriteContext, node: OvlNode, uid: number, gid: number): Promise<void> {
+  await copyUp(ctx, node);
+  // (uid_t)-1 leaves that id as it is.
+  lchownSync(node.realPath, uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid);
+}
+
+export async function utimens(ctx: WriteContext, node: OvlNode, atimeMs: number, mtimeMs: number): Promise<void> {
+  await copyUp(ctx, node);
+  const ts = (ms: number) => ({ sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 });
+  lutimens(node.realPath, ts(atimeMs), ts(mtimeMs));
+}
+
+/** The overlay's own xattrs cannot be set or removed through the mount (as fuse-overlayfs). */
+function checkXattrName(name: string): void {
+  if (isPrivateXattr(name)) throw errorFor('EPERM', `${name} is reserved for the overlay`);
+}
+
+export async function setxattr(ctx: WriteContext, node: OvlNode, name: string, value: Buffer, flags: number): Promise<void> {
+  checkXattrName(name);
+  await copyUp(ctx, node);
+  lsetxattr(node.realPath, name, value, flags & (XATTR_CREATE | XATTR_REPLACE));
+}
+
+export async function removexattr(ctx: WriteContext, node: OvlNode, name: string): Promise<void> {
+  checkXattrName(name);
+  await copyUp(ctx, node);
+  lremovexattr(node.realPath, name);
+}
+
+/** Opening for writing copies up first; O_TRUNC spares copying data that would be dropped. */
+export async function openForWrite(ctx: WriteContext, node: OvlNode, truncating: boolean): Promise<void> {
+  await copyUp(ctx, node, { data: !truncating });
+}
