@@ -1,0 +1,306 @@
+/** Copy-up and every mutating operation, on plain directories (no FUSE). */
+import assert from 'node:assert/strict';
+import { closeSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { errnoOf, Errno } from '../../src/errors';
+import { isWhiteoutStat } from '../../src/overlay/format';
+import { Overlay } from '../../src/overlay/overlay';
+import { lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
+import { requires } from '../helpers/env';
+import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
+
+const O_WRONLY = 1;
+const O_RDWR = 2;
+const O_TRUNC = 0o1000;
+const dirs: string[] = [];
+after(() => dirs.forEach(removeDir));
+
+interface Fixture {
+  ov: Overlay;
+  lowers: string[];
+  upper: string;
+  work: string;
+}
+
+async function fixture(trees: Tree[]): Promise<Fixture> {
+  const dir = tempDir('writes');
+  dirs.push(dir);
+  const lowers = trees.map((tree, i) => {
+    buildLayer(join(dir, `l${i}`), tree);
+    return join(dir, `l${i}`);
+  });
+  const upper = join(dir, 'upper');
+  const work = join(dir, 'work');
+  mkdirSync(upper);
+  mkdirSync(work);
+  return { ov: await Overlay.open({ lowers, upper, work }), lowers, upper, work };
+}
+
+async function errno(p: Promise<unknown>): Promise<number> {
+  try {
+    await p;
+  } catch (err) {
+    return errnoOf(err);
+  }
+  assert.fail('expected an error');
+}
+
+async function names(ov: Overlay, path: string): Promise<string[]> {
+  return (await ov.readdir(path)).map((e) => e.name).filter((n) => n !== '.' && n !== '..').sort();
+}
+
+async function writeAt(ov: Overlay, path: string, data: string, pos: number, flags = O_WRONLY): Promise<void> {
+  const fd = await ov.open(path, flags);
+  try {
+    await ov.write(fd, Buffer.from(data), data.length, pos);
+  } finally {
+    await ov.release(fd);
+  }
+}
+
+function isWhiteout(path: string): boolean {
+  return isWhiteoutStat(lstatSync(path));
+}
+
+function opaque(path: string): string | undefined {
+  return lgetxattrOrNull(path, 'trusted.overlay.opaque')?.toString();
+}
+
+const T = Date.UTC(2020, 1, 2, 3, 4, 5) + 678;
+
+describe('copy-up', requires('root'), () => {
+  test('opening for write copies data, mode, owner, times and xattrs into upper; the lower is untouched', async () => {
+    const f = await fixture([{ 'd/f': { kind: 'file', data: 'lower data', mode: 0o640, uid: 12, gid: 34, mtime: T, xattrs: { 'user.a': '1', 'trusted.overlay.origin': 'x' } } }]);
+    const before = await f.ov.getattr('/d/f');
+    const lowerStat = lstatSync(join(f.lowers[0], 'd/f'), { bigint: true });
+    await writeAt(f.ov, '/d/f', 'L', 0);
+    const up = join(f.upper, 'd/f');
+    // Before any read: reading updates atime (relatime).
+    const st = lstatSync(up, { bigint: true });
+    assert.equal(st.atimeNs, lowerStat.atimeNs);
+    assert.equal(Number(st.mode) & 0o7777, 0o640);
+    assert.deepEqual([st.uid, st.gid], [12n, 34n]);
+    assert.equal(readFileSync(up, 'utf8'), 'Lower data');
+    assert.equal(readFileSync(join(f.lowers[0], 'd/f'), 'utf8'), 'lower data');
+    assert.deepEqual(llistxattr(up), ['user.a'], 'the overlay\'s own xattrs are not copied');
+    const after = await f.ov.getattr('/d/f');
+    assert.equal(after.ino, before.ino, 'st_ino survives the copy-up');
+    assert.deepEqual(readdirSync(join(f.work, 'work')), [], 'nothing left in the work dir');
+  });
+
+  test('parents are copied up first with their attributes, and keep their times', async () => {
+    const f = await fixture([{ 'a/b/f': { kind: 'file', data: 'x' }, 'a/b': { kind: 'dir', mode: 0o711, uid: 5, gid: 6, mtime: T }, a: { kind: 'dir', mtime: T + 1000 } }]);
+    await writeAt(f.ov, '/a/b/f', 'y', 0);
+    const b = lstatSync(join(f.upper, 'a/b'));
+    assert.deepEqual([b.mode & 0o7777, b.uid, b.gid, Math.floor(b.mtimeMs)], [0o711, 5, 6, T]);
+    assert.equal(Math.floor(lstatSync(join(f.upper, 'a')).mtimeMs), T + 1000);
+    assert.equal(opaque(join(f.upper, 'a/b')), undefined, 'a copied-up directory still merges');
+  });
+
+  test('holes stay holes', async () => {
+    const f = await fixture([{ s: { kind: 'sparse', size: 32 << 20, data: 'end', at: (32 << 20) - 3 } }]);
+    await writeAt(f.ov, '/s', 'S', 0);
+    const st = lstatSync(join(f.upper, 's'));
+    assert.equal(st.size, 32 << 20);
+    assert.ok(st.blocks * 512 < 1 << 20, `allocated ${st.blocks * 512} bytes`);
+    const data = readFileSync(join(f.upper, 's'));
+    assert.equal(data.subarray(-3).toString(), 'end');
+    assert.equal(data[0], 0x53);
+  });
+
+  test('O_TRUNC and truncate to 0 copy no data; truncate to a size keeps the head', async () => {
+    const f = await fixture([{ a: { kind: 'file', data: 'aaaa' }, b: { kind: 'file', data: 'bbbb' }, c: { kind: 'file', data: 'cccc' } }]);
+    closeSync(await f.ov.open('/a', O_WRONLY | O_TRUNC));
+    await f.ov.truncate('/b', 0);
+    await f.ov.truncate('/c', 2);
+    assert.equal(readFileSync(join(f.upper, 'a'), 'utf8'), '');
+    assert.equal(readFileSync(join(f.upper, 'b'), 'utf8'), '');
+    assert.equal(readFileSync(join(f.upper, 'c'), 'utf8'), 'cc');
+  });
+
+  test('a read-only open does not copy up', async () => {
+    const f = await fixture([{ f: { kind: 'file', data: 'x' } }]);
+    await f.ov.release(await f.ov.open('/f', 0));
+    assert.ok(!existsSync(join(f.upper, 'f')));
+  });
+
+  test('concurrent first writers copy up once', async () => {
+    const f = await fixture([{ f: { kind: 'file', data: 'x'.repeat(4 << 20) } }]);
+    const fds = await Promise.all(Array.from({ length: 8 }, () => f.ov.open('/f', O_RDWR)));
+    for (const fd of fds) await f.ov.release(fd);
+    assert.equal(lstatSync(join(f.upper, 'f')).size, 4 << 20);
+    assert.deepEqual(readdirSync(join(f.work, 'work')), []);
+  });
+
+  test('symlinks and fifos are copied up by chown', async () => {
+    const f = await fixture([{ l: { kind: 'symlink', target: 'somewhere' }, p: { kind: 'fifo' } }]);
+    await f.ov.chown('/l', 7, 8);
+    await f.ov.chown('/p', 7, 8);
+    const l = lstatSync(join(f.upper, 'l'));
+    assert.ok(l.isSymbolicLink() && l.uid === 7);
+    assert.ok(lstatSync(join(f.upper, 'p')).isFIFO());
+  });
+
+  test('the work dir is emptied at mount', async () => {
+    const dir = tempDir('workclean');
+    dirs.push(dir);
+    buildLayer(join(dir, 'l'), {});
+    buildLayer(join(dir, 'work/work/#left-over'), { f: { kind: 'file', data: 'partial' } });
+    mkdirSync(join(dir, 'u'));
+    await Overlay.open({ lowers: [join(dir, 'l')], upper: join(dir, 'u'), work: join(dir, 'work') });
+    assert.deepEqual(readdirSync(join(dir, 'work/work')), []);
+  });
+});
+
+describe('namespace changes', requires('root'), () => {
+  test('unlink of a lower name leaves a char 0/0 whiteout; of an upper-only name, nothing', async () => {
+    const f = await fixture([{ low: { kind: 'file' } }]);
+    await f.ov.unlink('/low');
+    assert.ok(isWhiteout(join(f.upper, 'low')));
+    closeSync(await f.ov.create('/new', 0o644));
+    await f.ov.unlink('/new');
+    assert.ok(!existsSync(join(f.upper, 'new')));
+    assert.equal(await errno(f.ov.getattr('/low')), Errno.ENOENT);
+    assert.deepEqual(await names(f.ov, '/'), []);
+  });
+
+  test('unlink of a copied-up file replaces it with a whiteout', async () => {
+    const f = await fixture([{ low: { kind: 'file', data: 'x' } }]);
+    await writeAt(f.ov, '/low', 'y', 0);
+    await f.ov.unlink('/low');
+    assert.ok(isWhiteout(join(f.upper, 'low')));
+  });
+
+  test('rmdir: ENOTEMPTY while the merged view has entries; then a whiteout', async () => {
+    const f = await fixture([{ 'd/a': { kind: 'file' } }, { 'd/b': { kind: 'file' } }]);
+    assert.equal(await errno(f.ov.rmdir('/d')), Errno.ENOTEMPTY);
+    await f.ov.unlink('/d/a');
+    await f.ov.unlink('/d/b');
+    assert.deepEqual(await names(f.ov, '/d'), []);
+    await f.ov.rmdir('/d');
+    assert.ok(isWhiteout(join(f.upper, 'd')));
+    assert.equal(await errno(f.ov.getattr('/d')), Errno.ENOENT);
+  });
+
+  test('mkdir where a whiteout stands makes an opaque directory', async () => {
+    const f = await fixture([{ 'd/old': { kind: 'file' } }]);
+    await f.ov.unlink('/d/old');
+    await f.ov.rmdir('/d');
+    await f.ov.mkdir('/d', 0o755);
+    assert.equal(opaque(join(f.upper, 'd')), 'y');
+    assert.deepEqual(await names(f.ov, '/d'), []);
+    assert.equal((await f.ov.getattr('/d')).mode & 0o7777, 0o755);
+  });
+
+  test('mkdir where no lower name is hidden is a plain directory', async () => {
+    const f = await fixture([{ other: { kind: 'file' } }]);
+    await f.ov.mkdir('/d', 0o700);
+    assert.equal(opaque(join(f.upper, 'd')), undefined);
+    assert.equal(lstatSync(join(f.upper, 'd')).mode & 0o7777, 0o700);
+  });
+
+  test('a file created where a whiteout stands replaces it', async () => {
+    const f = await fixture([{ f: { kind: 'file', data: 'old' } }]);
+    await f.ov.unlink('/f');
+    const fd = await f.ov.create('/f', 0o600);
+    await f.ov.write(fd, Buffer.from('new'), 3, 0);
+    await f.ov.release(fd);
+    assert.ok(lstatSync(join(f.upper, 'f')).isFile());
+    assert.equal(readFileSync(join(f.upper, 'f'), 'utf8'), 'new');
+  });
+
+  test('symlink, mknod and link where whiteouts stand', async () => {
+    const f = await fixture([{ a: { kind: 'file' }, b: { kind: 'file' }, c: { kind: 'file' }, src: { kind: 'file', data: 's' } }]);
+    for (const n of ['/a', '/b', '/c']) await f.ov.unlink(n);
+    await f.ov.symlink('target', '/a');
+    await f.ov.mknod('/b', 0o010644, 0);
+    await f.ov.link('/src', '/c');
+    assert.ok(lstatSync(join(f.upper, 'a')).isSymbolicLink());
+    assert.ok(lstatSync(join(f.upper, 'b')).isFIFO());
+    assert.equal((await f.ov.getattr('/c')).ino, (await f.ov.getattr('/src')).ino);
+    assert.equal((await f.ov.getattr('/src')).nlink, 2);
+  });
+
+  test('rename of a lower file leaves a whiteout and moves a copy', async () => {
+    const f = await fixture([{ 'a/f': { kind: 'file', data: 'moved' }, b: { kind: 'dir' } }]);
+    const ino = (await f.ov.getattr('/a/f')).ino;
+    await f.ov.rename('/a/f', '/b/g');
+    assert.ok(isWhiteout(join(f.upper, 'a/f')));
+    assert.equal(readFileSync(join(f.upper, 'b/g'), 'utf8'), 'moved');
+    assert.equal((await f.ov.getattr('/b/g')).ino, ino);
+    assert.equal(await errno(f.ov.getattr('/a/f')), Errno.ENOENT);
+  });
+
+  test('rename over an existing name replaces it; a lower target stays hidden', async () => {
+    const f = await fixture([{ x: { kind: 'file', data: 'x' }, y: { kind: 'file', data: 'y' } }]);
+    await f.ov.rename('/x', '/y');
+    assert.deepEqual(await names(f.ov, '/'), ['y']);
+    assert.equal(readFileSync(join(f.upper, 'y'), 'utf8'), 'x');
+    assert.ok(isWhiteout(join(f.upper, 'x')));
+  });
+
+  test('rename of a directory with lower content is EXDEV; of an upper-only one works', async () => {
+    const f = await fixture([{ 'low/f': { kind: 'file' } }]);
+    assert.equal(await errno(f.ov.rename('/low', '/moved')), Errno.EXDEV);
+    await f.ov.mkdir('/up', 0o755);
+    closeSync(await f.ov.create('/up/f', 0o644));
+    await f.ov.rename('/up', '/up2');
+    assert.deepEqual(await names(f.ov, '/up2'), ['f']);
+    assert.ok(!existsSync(join(f.upper, 'up')));
+  });
+
+  test('an upper directory renamed onto an emptied lower directory is opaque there', async () => {
+    const f = await fixture([{ 'target/old': { kind: 'file' } }]);
+    await f.ov.unlink('/target/old');
+    await f.ov.mkdir('/src', 0o755);
+    closeSync(await f.ov.create('/src/new', 0o644));
+    await f.ov.rename('/src', '/target');
+    assert.equal(opaque(join(f.upper, 'target')), 'y');
+    assert.deepEqual(await names(f.ov, '/target'), ['new']);
+  });
+
+  test('names starting with .wh. cannot be made; the overlay\'s xattrs cannot be set', async () => {
+    const f = await fixture([{ f: { kind: 'file' } }]);
+    assert.equal(await errno(f.ov.create('/.wh.x', 0o644)), Errno.EINVAL);
+    assert.equal(await errno(f.ov.mkdir('/.wh.d', 0o755)), Errno.EINVAL);
+    assert.equal(await errno(f.ov.rename('/f', '/.wh.f')), Errno.EINVAL);
+    assert.equal(await errno(f.ov.setxattr('/f', 'trusted.overlay.opaque', Buffer.from('y'), 0)), Errno.EPERM);
+    assert.equal(await errno(f.ov.setxattr('/f', 'user.overlay.opaque', Buffer.from('y'), 0)), Errno.EPERM);
+  });
+
+  test('chmod, utimens and xattrs apply to the upper copy', async () => {
+    const f = await fixture([{ f: { kind: 'file', data: 'x', mode: 0o600 } }]);
+    await f.ov.chmod('/f', 0o4755);
+    await f.ov.utimens('/f', T, T + 5);
+    await f.ov.setxattr('/f', 'user.k', Buffer.from('v'), 0);
+    const st = lstatSync(join(f.upper, 'f'));
+    assert.deepEqual([st.mode & 0o7777, st.mtimeMs], [0o4755, T + 5]);
+    assert.equal((await f.ov.getxattr('/f', 'user.k')).toString(), 'v');
+    await f.ov.removexattr('/f', 'user.k');
+    assert.deepEqual(await f.ov.listxattr('/f'), []);
+  });
+
+  test('EEXIST for taken names, ENOENT for missing ones', async () => {
+    const f = await fixture([{ f: { kind: 'file' }, d: { kind: 'dir' } }]);
+    assert.equal(await errno(f.ov.mkdir('/d', 0o755)), Errno.EEXIST);
+    assert.equal(await errno(f.ov.create('/f', 0o644)), Errno.EEXIST);
+    assert.equal(await errno(f.ov.unlink('/nope')), Errno.ENOENT);
+    assert.equal(await errno(f.ov.unlink('/d')), Errno.EISDIR);
+    assert.equal(await errno(f.ov.rmdir('/f')), Errno.ENOTDIR);
+  });
+
+  test('new entries get exactly the requested mode, whatever the process umask', async () => {
+    const f = await fixture([{}]);
+    const old = process.umask(0o077);
+    try {
+      closeSync(await f.ov.create('/f', 0o666));
+      await f.ov.mkdir('/d', 0o777);
+    } finally {
+      process.umask(old);
+    }
+    assert.equal(lstatSync(join(f.upper, 'f')).mode & 0o777, 0o666);
+    assert.equal(lstatSync(join(f.upper, 'd')).mode & 0o777, 0o777);
+  });
+});
+
