@@ -31,7 +31,10 @@ export interface CopyUpOptions {
   readonly data: boolean;
 }
 
-/** Makes `node` live in the upper layer (a no-op if it already does). */
+/**
+ * Makes `node` live in the upper layer (a no-op if it already does). It keeps its st_ino,
+ * except a file with other hard links below, whose copy is a different file from then on.
+ */
 export async function copyUp(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions = { data: true }): Promise<void> {
   while (!node.layer.upper) {
     if (node.copyUp) {
@@ -69,7 +72,7 @@ function copyUpSync(ctx: UpperContext, node: OvlNode): void {
     rmSync(tmp, { recursive: true, force: true });
     throw err;
   }
-  moveIntoUpper(ctx, node, tmp);
+  moveIntoUpper(ctx, node, tmp, Number(st.nlink));
 }
 
 async function copyUpFile(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions): Promise<void> {
@@ -93,7 +96,7 @@ async function copyUpFile(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions)
     rmSync(tmp, { force: true });
     throw err;
   }
-  moveIntoUpper(ctx, node, tmp);
+  moveIntoUpper(ctx, node, tmp, Number(st.nlink));
 }
 
 /** Copies file data, keeping holes, by reflink where the filesystem shares extents. */
@@ -155,7 +158,7 @@ function copyAttributes(src: string, dst: string, st: BigIntStats): void {
 }
 
 /** The one rename that makes a copy visible; the parent's times stay as they were. */
-function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string): void {
+function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string, lowerNlink: number): void {
   const parent = node.parent!;
   const parentPath = layerPath(ctx.upper, parent.path);
   const target = layerPath(ctx.upper, node.path);
@@ -168,7 +171,13 @@ function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string): void {
   }
   lutimens(parentPath, timespec(pst.atimeNs), timespec(pst.mtimeNs));
   const st = lstatSync(target);
-  ctx.tree.inodes.alias(st.dev, st.ino, node.ino);
+  if (lowerNlink > 1 && !node.isDir) {
+    // The copy breaks a lower hard link: the other names still show the lower file, so this
+    // one becomes a different file with a number of its own (as in the kernel).
+    node.ino = ctx.tree.inodes.numberOf(st.dev, st.ino);
+  } else {
+    ctx.tree.inodes.alias(st.dev, st.ino, node.ino);
+  }
   if (node.isDir) node.prependUpper(ctx.upper);
   else node.layer = ctx.upper;
   parent.upperListing()?.entries.set(node.name, node.isDir ? 'dir' : 'other');

@@ -11,7 +11,7 @@ import {
   readdirSync, rmSync, symlinkSync, truncateSync, unlinkSync,
 } from 'node:fs';
 import { errorFor, hasCode } from '../errors';
-import { lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
+import { lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
 import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
 import { isPrivateXattr, isWhiteoutName, isWhiteoutStat } from './format';
 import { layerPath } from './layer';
@@ -196,7 +196,6 @@ export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, d
   await copyUp(ctx, src);
   copyUpDirChain(ctx, dstDir);
   const srcWhiteout = await lowerPositive(srcDir, src.name);
-  const dstLower = await lowerPositive(dstDir, dstName);
   const from = src.realPath;
   const to = upperPathOf(ctx, dstDir, dstName);
 
@@ -215,7 +214,10 @@ export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, d
   } else {
     renameSync(from, to);
   }
-  if (src.isDir && dstLower) setOpaque(ctx, to);
+  // As the kernel does: a directory moved into a merged directory is made opaque, so that
+  // nothing of the same name below (now or in a later lower layer) merges into it.
+  const opaqueNow = src.isDir && dstDir.isMergedDir;
+  if (opaqueNow) setOpaque(ctx, to);
 
   if (dst) dst.removed = true;
   noteUpper(srcDir, src.name, srcWhiteout ? 'whiteout' : 'none');
@@ -223,7 +225,7 @@ export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, d
   noteUpper(dstDir, dstName, src.isDir ? 'dir' : 'other');
   src.parent = dstDir;
   src.name = dstName;
-  if (src.isDir && dstLower) src.dirLayers = [ctx.upper];
+  if (opaqueNow) src.dirLayers = [ctx.upper];
   dstDir.children.set(dstName, src);
 }
 
@@ -289,6 +291,8 @@ export async function setxattr(ctx: WriteContext, node: OvlNode, name: string, v
 
 export async function removexattr(ctx: WriteContext, node: OvlNode, name: string): Promise<void> {
   checkXattrName(name);
+  // Removing what is not there fails without copying up, as in the kernel.
+  if (!node.layer.upper) lgetxattr(node.realPath, name);
   await copyUp(ctx, node);
   lremovexattr(node.realPath, name);
 }
