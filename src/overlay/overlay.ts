@@ -23,6 +23,8 @@ export interface OverlayConfig {
   readonly xattrNamespace?: 'trusted' | 'user';
   /** Skip fsync of copied-up data and of fsync requests (the `volatile` option). */
   readonly volatile?: boolean;
+  /** Force a whiteout style instead of probing what the upper filesystem allows (tests). */
+  readonly whiteoutStyle?: 'chardev' | 'aufs';
 }
 
 /** Attributes as the mount presents them. */
@@ -90,12 +92,14 @@ export class Overlay {
     let ctx: writes.WriteContext | null = null;
     if (config.upper !== undefined) {
       if (config.work === undefined) throw errorFor('EINVAL', 'upperdir needs a workdir');
+      const work = Workdir.prepare(config.work, layers[0].dev);
       ctx = {
         tree,
         upper: layers[0],
-        work: Workdir.prepare(config.work, layers[0].dev),
+        work,
         fsync: !config.volatile,
         xattrNamespace: config.xattrNamespace ?? 'trusted',
+        whiteoutStyle: config.whiteoutStyle ?? writes.probeWhiteoutStyle(work.temp()),
       };
     }
     return new Overlay(config, layers, tree, ctx);

@@ -8,18 +8,35 @@
  */
 import {
   chmodSync, constants as fsc, fchmodSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
-  readdirSync, rmSync, symlinkSync, truncateSync, unlinkSync,
+  existsSync, readdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync,
 } from 'node:fs';
 import { errorFor, hasCode } from '../errors';
 import { lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
 import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
-import { isPrivateXattr, isWhiteoutName, isWhiteoutStat } from './format';
+import { isPrivateXattr, isWhiteoutName, isWhiteoutStat, WHITEOUT_PREFIX } from './format';
 import { layerPath } from './layer';
 import { lowerPositive, type OvlNode } from './tree';
 
 export interface WriteContext extends UpperContext {
   /** Where opaque markers are written: `trusted` as root, `user` unprivileged (the kernel's userxattr). */
   readonly xattrNamespace: 'trusted' | 'user';
+  /**
+   * How deletions are recorded: kernel whiteouts (char 0/0), or, where the kernel refuses
+   * to make those (before Linux 5.8, unprivileged), `.wh.NAME` files as fuse-overlayfs does.
+   */
+  readonly whiteoutStyle: 'chardev' | 'aufs';
+}
+
+/** Which whiteouts this process may make in `dir` (probed once at mount). */
+export function probeWhiteoutStyle(scratch: string): 'chardev' | 'aufs' {
+  try {
+    makeWhiteout(scratch);
+    unlinkSync(scratch);
+    return 'chardev';
+  } catch (err) {
+    if (hasCode(err, 'EPERM', 'EOPNOTSUPP', 'ENOTSUP')) return 'aufs';
+    throw err;
+  }
 }
 
 const S_IFMT = 0o170000;
@@ -46,6 +63,19 @@ function isWhiteoutAt(path: string): boolean {
 
 function makeWhiteout(path: string): void {
   mknod(path, S_IFCHR, 0);
+}
+
+/** The AUFS-style whiteout of NAME in DIR's upper layer: an empty `.wh.NAME` file, mode 0. */
+function makeAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): void {
+  try {
+    writeFileSync(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`), '', { mode: 0, flag: 'wx' });
+  } catch (err) {
+    if (!hasCode(err, 'EEXIST')) throw err;
+  }
+}
+
+function hasAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): boolean {
+  return existsSync(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`));
 }
 
 function setOpaque(ctx: WriteContext, path: string): void {
@@ -137,6 +167,7 @@ export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
   } else {
     mkdirSync(target, { mode: 0o700 });
     chmodSync(target, mode & 0o7777);
+    if (hasAufsWhiteout(ctx, dir, name)) setOpaque(ctx, target);
   }
   noteUpper(dir, name, 'dir');
 }
@@ -158,7 +189,11 @@ export async function remove(ctx: WriteContext, dir: OvlNode, node: OvlNode): Pr
   const name = node.name;
   const whiteout = await lowerPositive(dir, name);
   const target = upperPathOf(ctx, dir, name);
-  if (node.layer.upper) {
+  if (whiteout && ctx.whiteoutStyle === 'aufs') {
+    if (node.layer.upper) discardUpper(ctx, target, node.isDir);
+    else copyUpDirChain(ctx, dir);
+    makeAufsWhiteout(ctx, dir, name);
+  } else if (node.layer.upper) {
     if (whiteout) {
       const tmp = ctx.work.temp();
       makeWhiteout(tmp);
@@ -209,6 +244,9 @@ export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, d
     renameat2(from, to, RENAME_EXCHANGE);
     discardUpper(ctx, from, true);
     if (srcWhiteout) makeWhiteout(from);
+  } else if (srcWhiteout && ctx.whiteoutStyle === 'aufs') {
+    renameSync(from, to);
+    makeAufsWhiteout(ctx, srcDir, src.name);
   } else if (srcWhiteout) {
     renameWithWhiteout(from, to);
   } else {

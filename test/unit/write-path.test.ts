@@ -23,7 +23,7 @@ interface Fixture {
   work: string;
 }
 
-async function fixture(trees: Tree[]): Promise<Fixture> {
+async function fixture(trees: Tree[], whiteoutStyle?: 'aufs'): Promise<Fixture> {
   const dir = tempDir('writes');
   dirs.push(dir);
   const lowers = trees.map((tree, i) => {
@@ -34,7 +34,7 @@ async function fixture(trees: Tree[]): Promise<Fixture> {
   const work = join(dir, 'work');
   mkdirSync(upper);
   mkdirSync(work);
-  return { ov: await Overlay.open({ lowers, upper, work }), lowers, upper, work };
+  return { ov: await Overlay.open({ lowers, upper, work, whiteoutStyle }), lowers, upper, work };
 }
 
 async function errno(p: Promise<unknown>): Promise<number> {
@@ -304,3 +304,35 @@ describe('namespace changes', requires('root'), () => {
   });
 });
 
+
+describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires('root'), () => {
+  test('unlink, rmdir and rename leave .wh.NAME files that hide the lower names', async () => {
+    const f = await fixture([{ a: { kind: 'file' }, 'd/x': { kind: 'file' }, m: { kind: 'file', data: 'm' } }], 'aufs');
+    await f.ov.unlink('/a');
+    await f.ov.unlink('/d/x');
+    await f.ov.rmdir('/d');
+    await f.ov.rename('/m', '/n');
+    const upper = readdirSync(f.upper).sort();
+    assert.deepEqual(upper, ['.wh.a', '.wh.d', '.wh.m', 'n']);
+    assert.equal(lstatSync(join(f.upper, '.wh.a')).mode & 0o7777, 0);
+    assert.deepEqual(await names(f.ov, '/'), ['n']);
+    // A fresh view of the same layers (a remount) agrees.
+    const again = await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work, whiteoutStyle: 'aufs' });
+    assert.deepEqual(await names(again, '/'), ['n']);
+  });
+
+  test('names come back over .wh.NAME; a directory made there is opaque', async () => {
+    const f = await fixture([{ a: { kind: 'file', data: 'old' }, 'd/x': { kind: 'file' } }], 'aufs');
+    await f.ov.unlink('/a');
+    closeSync(await f.ov.create('/a', 0o644));
+    await f.ov.unlink('/d/x');
+    await f.ov.rmdir('/d');
+    await f.ov.mkdir('/d', 0o755);
+    assert.deepEqual(await names(f.ov, '/'), ['a', 'd']);
+    assert.equal((await f.ov.getattr('/a')).size, 0);
+    assert.deepEqual(await names(f.ov, '/d'), []);
+    const again = await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work, whiteoutStyle: 'aufs' });
+    assert.deepEqual(await names(again, '/d'), []);
+    assert.equal((await again.getattr('/a')).size, 0);
+  });
+});
