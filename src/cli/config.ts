@@ -4,6 +4,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import { dirname, resolve, sep } from 'node:path';
+import { cacheOptions } from '../fuse/cache-policy';
 import { readMountTable } from './mount-table';
 import { parseOptionStrings, splitLowerdir, unescape, type ParsedOption } from './mount-options';
 
@@ -45,8 +46,6 @@ const FUSE_FLAGS = new Set([
   'sync', 'async', 'dirsync', 'rw',
 ]);
 
-const CACHE_SECONDS = 1000000;
-const ATTR_SECONDS = 1;
 
 export type Warn = (message: string) => void;
 
@@ -58,13 +57,6 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     'use_ino', 'hard_remove', 'big_writes', 'subtype=ts-overlayfs', 'default_permissions',
     // libfuse 2 alone refuses a non-empty mountpoint; fuse-overlayfs (libfuse 3) and the kernel do not.
     'nonempty',
-    // Nothing changes the layers behind the mount's back (the kernel's rule too) and every
-    // change of a name goes through the mount, so the kernel may keep names and negative
-    // lookups: each request that reaches us costs ~0.2 ms in fuse-native's thread hand-offs.
-    // Attributes are kept only ATTR_SECONDS: libfuse 2's path API gives each name of a hard
-    // link its own kernel inode, so a change through one name reaches the others' cached
-    // attributes only when these expire. File data is re-read at each open for the same reason.
-    `entry_timeout=${CACHE_SECONDS}`, `negative_timeout=${CACHE_SECONDS}`, `attr_timeout=${ATTR_SECONDS}`,
   ];
   // As root, let everyone in, as fuse-overlayfs does, unless asked for allow_root (the two exclude each other).
   const allowRoot = [...opts.values()].some((o) => o.name === 'allow_root');
@@ -74,11 +66,13 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   let debug = cmd.debug;
   let userxattr = process.getuid?.() !== 0;
   let volatile = false;
+  let timeout: number | undefined;
   for (const o of opts.values()) {
     if (['lowerdir', 'upperdir', 'workdir'].includes(o.name)) continue;
     if (o.name === 'ro') readOnly = true;
     else if (o.name === 'userxattr') userxattr = true;
     else if (o.name === 'volatile') volatile = true;
+    else if (o.name === 'timeout' && o.value !== null) timeout = parseTimeout(unescape(o.value));
     else if (o.name === 'debug') debug = true;
     else if (o.name === 'fsname' && o.value !== null) fsname = unescape(o.value);
     else if (FUSE_FLAGS.has(o.name) && o.value === null) {
@@ -116,8 +110,10 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   ];
   checkNoOverlap(named);
 
+  const writable = !readOnly && upper !== undefined;
   // A read-only mount is read-only in the kernel too: every write is EROFS before reaching us.
-  if (readOnly || upper === undefined) fuseOptions.push('ro');
+  if (!writable) fuseOptions.push('ro');
+  fuseOptions.push(...cacheOptions(writable, timeout));
   return {
     lowers,
     upper: readOnly ? undefined : upper,
@@ -130,6 +126,13 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     debug,
     fuseOptions,
   };
+}
+
+/** `timeout=SECONDS` (fuse-overlayfs's option): how long the kernel keeps names and attributes. */
+function parseTimeout(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new CliError(`invalid timeout: ${value}`);
+  return n;
 }
 
 /** The real path of an existing directory, or a CliError naming the option. */
