@@ -109,6 +109,11 @@ export class Overlay {
     return this.writeContext === null;
   }
 
+  /** Ends this overlay's use of its layers (the work directory lock). */
+  close(): void {
+    this.writeContext?.work.release();
+  }
+
   private get ctx(): writes.WriteContext {
     if (this.writeContext === null) throw errorFor('EROFS');
     return this.writeContext;

@@ -4,21 +4,37 @@
  * Like the kernel, the server owns `WORKDIR/work` and empties it at every mount, which
  * removes whatever a crash left behind.
  */
-import { mkdirSync, rmSync, statSync } from 'node:fs';
+import { closeSync, constants as fsc, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
 import { errorFor } from '../errors';
+import { tryLockExclusive } from '../sys/libc';
 
 export class Workdir {
   private counter = 0;
 
-  private constructor(readonly dir: string) {}
+  private constructor(readonly dir: string, private lock: number | null) {}
 
-  /** Empties (or creates) WORKDIR/work; refuses one on another filesystem than upper. */
+  /**
+   * Locks the work directory for this mount (held until the process ends), then empties (or
+   * creates) WORKDIR/work. Refuses a workdir another mount uses, whose copies in progress
+   * would be deleted, and one on another filesystem than upper.
+   */
   static prepare(workdir: string, upperDev: number): Workdir {
+    const lock = openSync(workdir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+    if (!tryLockExclusive(lock)) {
+      closeSync(lock);
+      throw errorFor('EBUSY', `workdir ${workdir} is in use by another mount`);
+    }
     const dir = `${workdir}/work`;
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { mode: 0o700 });
     if (statSync(dir).dev !== upperDev) throw errorFor('EXDEV', `workdir ${workdir} is not on the upper filesystem`);
-    return new Workdir(dir);
+    return new Workdir(dir, lock);
+  }
+
+  /** Lets another mount use the work directory. */
+  release(): void {
+    if (this.lock !== null) closeSync(this.lock);
+    this.lock = null;
   }
 
   /** A fresh name inside the work directory. */

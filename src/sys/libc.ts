@@ -22,6 +22,7 @@ const c = {
   dup2: libc.func('int dup2(int oldfd, int newfd)'),
   lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
   ioctl: libc.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
+  flock: libc.func('int flock(int fd, int operation)'),
 };
 
 export const AT_FDCWD = -100;
@@ -146,4 +147,14 @@ export function nextDataExtent(fd: number, from: number): [number, number] | nul
 export function reflink(dst: number, src: number): boolean {
   if (c.ioctl(dst, FICLONE, src) === 0) return true;
   return false;
+}
+
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+
+/** Takes an exclusive lock on `fd` without waiting; false if another holder has it. */
+export function tryLockExclusive(fd: number): boolean {
+  if (c.flock(fd, LOCK_EX | LOCK_NB) === 0) return true;
+  if (koffi.errno() === koffi.os.errno.EWOULDBLOCK) return false;
+  fail('flock', `fd ${fd}`);
 }

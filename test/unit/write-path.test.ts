@@ -142,6 +142,15 @@ describe('copy-up', requires('root'), () => {
     assert.ok(lstatSync(join(f.upper, 'p')).isFIFO());
   });
 
+  test('a work dir in use by another mount is refused', async () => {
+    const f = await fixture([{}]);
+    const other = join(f.upper, '..', 'upper2');
+    mkdirSync(other);
+    assert.equal(await errno(Overlay.open({ lowers: f.lowers, upper: other, work: f.work })), Errno.EBUSY);
+    f.ov.close();
+    (await Overlay.open({ lowers: f.lowers, upper: other, work: f.work })).close();
+  });
+
   test('the work dir is emptied at mount', async () => {
     const dir = tempDir('workclean');
     dirs.push(dir);
@@ -317,6 +326,7 @@ describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires
     assert.equal(lstatSync(join(f.upper, '.wh.a')).mode & 0o7777, 0);
     assert.deepEqual(await names(f.ov, '/'), ['n']);
     // A fresh view of the same layers (a remount) agrees.
+    f.ov.close();
     const again = await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work, whiteoutStyle: 'aufs' });
     assert.deepEqual(await names(again, '/'), ['n']);
   });
@@ -331,6 +341,7 @@ describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires
     assert.deepEqual(await names(f.ov, '/'), ['a', 'd']);
     assert.equal((await f.ov.getattr('/a')).size, 0);
     assert.deepEqual(await names(f.ov, '/d'), []);
+    f.ov.close();
     const again = await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work, whiteoutStyle: 'aufs' });
     assert.deepEqual(await names(again, '/d'), []);
     assert.equal((await again.getattr('/a')).size, 0);
