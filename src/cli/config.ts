@@ -6,7 +6,9 @@ import { promises as fsp } from 'node:fs';
 import { dirname, resolve, sep } from 'node:path';
 import { cacheOptions } from '../fuse/cache-policy';
 import { readMountTable } from './mount-table';
-import { parseOptionStrings, splitLowerdir, unescape, type ParsedOption } from './mount-options';
+import type { IdMapOptions } from '../overlay/idmap';
+import { parseOptionStrings, splitLowerdir } from './mount-options';
+import { interpretOptions, OptionError, type OptionSettings } from './overlay-options';
 
 /** A user error: one line on stderr and a non-zero exit. */
 export class CliError extends Error {
@@ -26,6 +28,9 @@ export interface MountConfig {
   readonly xattrNamespace: 'trusted' | 'user';
   /** Skip fsync (of copy-ups and of fsync requests), for throw-away uppers. */
   readonly volatile: boolean;
+  readonly idmap: IdMapOptions;
+  readonly staticNlink: boolean;
+  readonly noacl: boolean;
   readonly foreground: boolean;
   readonly debug: boolean;
   /** Options handed to libfuse (see fuse/native.ts for why each is there). */
@@ -39,19 +44,16 @@ export interface CommandLine {
   readonly debug: boolean;
 }
 
-/** libfuse 2.9 mount options passed through as given. */
-const FUSE_FLAGS = new Set([
-  'allow_other', 'allow_root', 'default_permissions', 'nonempty', 'auto_unmount',
-  'suid', 'nosuid', 'dev', 'nodev', 'exec', 'noexec', 'atime', 'noatime',
-  'sync', 'async', 'dirsync', 'rw',
-]);
-
-
 export type Warn = (message: string) => void;
 
 export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountConfig> {
-  const opts = new Map<string, ParsedOption>();
-  for (const o of parseOptionStrings(cmd.optionStrings)) opts.set(o.name, o);
+  let o: OptionSettings;
+  try {
+    o = interpretOptions(parseOptionStrings(cmd.optionStrings), warn);
+  } catch (err) {
+    if (err instanceof OptionError) throw new CliError(err.message);
+    throw err;
+  }
 
   const fuseOptions = [
     'use_ino', 'hard_remove', 'big_writes', 'subtype=ts-overlayfs', 'default_permissions',
@@ -59,40 +61,17 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     'nonempty',
   ];
   // As root, let everyone in, as fuse-overlayfs does, unless asked for allow_root (the two exclude each other).
-  const allowRoot = [...opts.values()].some((o) => o.name === 'allow_root');
-  if (process.getuid?.() === 0 && !allowRoot) fuseOptions.push('allow_other');
-  let fsname = 'ts-overlayfs';
-  let readOnly = false;
-  let debug = cmd.debug;
-  let userxattr = process.getuid?.() !== 0;
-  let volatile = false;
-  let timeout: number | undefined;
-  for (const o of opts.values()) {
-    if (['lowerdir', 'upperdir', 'workdir'].includes(o.name)) continue;
-    if (o.name === 'ro') readOnly = true;
-    else if (o.name === 'userxattr') userxattr = true;
-    else if (o.name === 'volatile') volatile = true;
-    else if (o.name === 'timeout' && o.value !== null) timeout = parseTimeout(unescape(o.value));
-    else if (o.name === 'debug') debug = true;
-    else if (o.name === 'fsname' && o.value !== null) fsname = unescape(o.value);
-    else if (FUSE_FLAGS.has(o.name) && o.value === null) {
-      if (!fuseOptions.includes(o.name)) fuseOptions.push(o.name);
-    } else warn(`unknown argument ignored: ${o.name}`);
-  }
-  fuseOptions.push(`fsname=${fsname.replace(/[\\,]/g, (c) => `\\${c}`)}`);
+  if (process.getuid?.() === 0 && !o.fuseFlags.includes('allow_root')) fuseOptions.push('allow_other');
+  for (const f of o.fuseFlags) if (!fuseOptions.includes(f)) fuseOptions.push(f);
+  fuseOptions.push(`fsname=${o.fsname.replace(/[\\,]/g, (c) => `\\${c}`)}`);
 
-  const lowerOpt = opts.get('lowerdir');
-  if (!lowerOpt || lowerOpt.value === null || splitLowerdir(lowerOpt.value).length === 0) {
-    throw new CliError('no lowerdir specified');
-  }
-  const lowers = await Promise.all(splitLowerdir(lowerOpt.value).map((p) => existingDir('lowerdir', p)));
+  if (o.lowerdir === undefined || splitLowerdir(o.lowerdir).length === 0) throw new CliError('no lowerdir specified');
+  const lowers = await Promise.all(splitLowerdir(o.lowerdir).map((p) => existingDir('lowerdir', p)));
 
-  const upperOpt = opts.get('upperdir')?.value ?? null;
-  const workOpt = opts.get('workdir')?.value ?? null;
-  if (upperOpt !== null && workOpt === null) throw new CliError('upperdir specified without workdir');
-  if (workOpt !== null && upperOpt === null) throw new CliError('workdir specified without upperdir');
-  const upper = upperOpt === null ? undefined : await existingDir('upperdir', unescape(upperOpt));
-  const work = workOpt === null ? undefined : await existingDir('workdir', unescape(workOpt));
+  if (o.upperdir !== undefined && o.workdir === undefined) throw new CliError('upperdir specified without workdir');
+  if (o.workdir !== undefined && o.upperdir === undefined) throw new CliError('workdir specified without upperdir');
+  const upper = o.upperdir === undefined ? undefined : await existingDir('upperdir', o.upperdir);
+  const work = o.workdir === undefined ? undefined : await existingDir('workdir', o.workdir);
   if (upper !== undefined && work !== undefined) {
     const [u, w] = await Promise.all([fsp.stat(upper), fsp.stat(work)]);
     if (u.dev !== w.dev) throw new CliError(`workdir ${work} and upperdir ${upper} must be on the same filesystem`);
@@ -110,29 +89,31 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   ];
   checkNoOverlap(named);
 
-  const writable = !readOnly && upper !== undefined;
+  const writable = !o.readOnly && upper !== undefined;
   // A read-only mount is read-only in the kernel too: every write is EROFS before reaching us.
   if (!writable) fuseOptions.push('ro');
-  fuseOptions.push(...cacheOptions(writable, timeout));
+  fuseOptions.push(...cacheOptions(writable, o.timeout));
   return {
     lowers,
-    upper: readOnly ? undefined : upper,
-    work: readOnly ? undefined : work,
+    upper: writable ? upper : undefined,
+    work: writable ? work : undefined,
     mountpoint,
-    readOnly: readOnly || upper === undefined,
-    xattrNamespace: userxattr ? 'user' : 'trusted',
-    volatile,
-    foreground: cmd.foreground || debug,
-    debug,
+    readOnly: !writable,
+    xattrNamespace: o.userxattr || process.getuid?.() !== 0 ? 'user' : 'trusted',
+    volatile: o.volatile,
+    idmap: {
+      uidRanges: o.uidRanges,
+      gidRanges: o.gidRanges,
+      // squash_to_uid/gid win over squash_to_root, whatever their order.
+      squashUid: o.squashUid ?? (o.squashToRoot ? 0 : undefined),
+      squashGid: o.squashGid ?? (o.squashToRoot ? 0 : undefined),
+    },
+    staticNlink: o.staticNlink,
+    noacl: o.noacl,
+    foreground: cmd.foreground || o.debug,
+    debug: o.debug,
     fuseOptions,
   };
-}
-
-/** `timeout=SECONDS` (fuse-overlayfs's option): how long the kernel keeps names and attributes. */
-function parseTimeout(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new CliError(`invalid timeout: ${value}`);
-  return n;
 }
 
 /** The real path of an existing directory, or a CliError naming the option. */

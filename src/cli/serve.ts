@@ -31,6 +31,9 @@ export async function serve(config: MountConfig): Promise<Served> {
     work: config.work,
     xattrNamespace: config.xattrNamespace,
     volatile: config.volatile,
+    idmap: config.idmap,
+    staticNlink: config.staticNlink,
+    noacl: config.noacl,
   });
   const fuse = new NativeFuse(config.mountpoint, fuseOperations(overlay), config.fuseOptions, {
     // fuse-native would answer ETIMEDOUT after 15 s; a large copy-up or read may take longer.
@@ -39,6 +42,10 @@ export async function serve(config: MountConfig): Promise<Served> {
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err) => (err ? reject(new Error(`cannot mount on ${config.mountpoint}: ${err.message}`)) : resolve()));
   });
+  const entryTimeout = Number(config.fuseOptions.find((o) => o.startsWith('entry_timeout='))?.split('=')[1]);
+  if (!fuse.enableUtimeOmit(entryTimeout)) {
+    log.mount('libfuse layout not recognised: setting only one of atime/mtime will be dropped');
+  }
   log.mount('mounted %s on %s with %s', config.lowers.join(':'), config.mountpoint, config.fuseOptions.join(','));
   let unmounted!: () => void;
   const gone = new Promise<void>((resolve) => { unmounted = resolve; });

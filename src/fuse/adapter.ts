@@ -5,7 +5,7 @@
 import type { Operations } from 'fuse-native';
 import { errnoOf, isKnownErrno } from '../errors';
 import { log } from '../log';
-import type { Overlay, OvlStat } from '../overlay/overlay';
+import type { Overlay, OvlStat, TimeChange } from '../overlay/overlay';
 
 type Done<T> = (err: number, result?: T) => void;
 
@@ -26,6 +26,20 @@ function toFuseStat(st: OvlStat): Record<string, number> {
     mtime: Math.floor(st.mtimeMs),
     ctime: Math.floor(st.ctimeMs),
   };
+}
+
+/**
+ * fuse-native turns each timespec into milliseconds, so UTIME_NOW and UTIME_OMIT (tv_sec 0,
+ * tv_nsec 2^30-1 or 2^30-2) both arrive as 1073. The kernel never sends a setattr that omits
+ * both, so two of them mean "now" for both (touch); one of them is the time left alone.
+ */
+const SPECIAL_TIME_MS = 1073;
+
+function timesFromFuse(atime: number, mtime: number): [TimeChange, TimeChange] {
+  const a = atime === SPECIAL_TIME_MS;
+  const m = mtime === SPECIAL_TIME_MS;
+  if (a && m) return ['now', 'now'];
+  return [a ? 'omit' : atime, m ? 'omit' : mtime];
 }
 
 function failure(op: string, path: string, err: unknown): number {
@@ -127,7 +141,8 @@ export function fuseOperations(overlay: Overlay): Operations & {
       answer('chown', path, () => overlay.chown(path, uid, gid), cb);
     },
     utimens(path: string, atime: number, mtime: number, cb: Done<void>) {
-      answer('utimens', path, () => overlay.utimens(path, atime, mtime), cb);
+      const [a, m] = timesFromFuse(atime, mtime);
+      answer('utimens', path, () => overlay.utimens(path, a, m), cb);
     },
     setxattr(path: string, name: string, value: Buffer, _position: number, flags: number, cb: Done<void>) {
       answer(`setxattr ${name}`, path, () => overlay.setxattr(path, name, Buffer.from(value), flags), cb);

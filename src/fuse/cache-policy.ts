@@ -8,12 +8,13 @@
  *
  * Attributes and data are the catch on a writable mount: libfuse 2's path API gives each name
  * of a hard link its own kernel inode, so a change made through one name (a write, a chmod, a
- * new link) reaches the other names' cached attributes and pages only when these expire. A
- * writable mount therefore keeps attributes one second and re-validates cached data at open
- * (auto_cache); a read-only mount never changes and keeps everything.
+ * new link) would reach the other names' cached attributes and pages only when these expire,
+ * and programs would read stale sizes and data. A writable mount therefore has the kernel ask
+ * for attributes every time and re-validate cached data at each open (auto_cache); a
+ * read-only mount never changes and keeps everything. `timeout=N` overrides both.
  */
 const FOREVER = 1000000;
-const WRITABLE_ATTR_SECONDS = 1;
+const WRITABLE_ATTR_SECONDS = 0;
 
 export function cacheOptions(writable: boolean, timeout?: number): string[] {
   const names = timeout ?? FOREVER;

@@ -11,13 +11,41 @@
  *    `.fuse_hidden*` file, which would land in the upper layer;
  *  - big_writes: writes arrive in 128 KiB pieces instead of 4 KiB ones.
  * It also replaces the getxattr/listxattr glue, which ignores the caller's buffer size
- * (a too-small buffer must give ERANGE, and a size query the exact size).
+ * (a too-small buffer must give ERANGE, and a size query the exact size), and mends utimens,
+ * whose C glue hands JS the access time twice and never the modification time.
  * The overridden methods are those of fuse-native 2.2.6, pinned exactly in package.json.
  */
 import Fuse, { type FuseOptions, type Operations } from 'fuse-native';
+import { peek, poke } from '../sys/libc';
 
 const ERANGE = 34;
 const ENODATA = 61;
+/** fuse-native's op number for utimens (op_utimens in fuse-native.c). */
+const OP_UTIMENS = 12;
+/**
+ * Where fuse-native's per-thread `fuse_thread_locals_t` keeps the mtime (ms, size_t) it
+ * computed but did not pass on. Its handlers receive that struct as their first argument,
+ * a Buffer over its memory. Offset for x86-64/aarch64 (LP64) and fuse-native 2.2.6.
+ */
+const LOCALS_MTIME_OFFSET = 112;
+
+type NativeHandler = (locals: Buffer, op: number, ...args: unknown[]) => unknown;
+
+/**
+ * Where things sit in fuse-native 2.2.6's `fuse_thread_t` (its `_thread` Buffer) and in
+ * libfuse 2.9's `struct fuse` (x86-64). Each is checked against known values before use.
+ */
+const THREAD_FUSE_PTR = 368;
+const THREAD_MNT = 384;
+const FUSE_STRUCT_BYTES = 304;
+const FUSE_CONF_ENTRY_TIMEOUT = 160;
+const FUSE_CONF_HARD_REMOVE = 208;
+const FUSE_CONF_USE_INO = 212;
+const FUSE_CONF_INTR_SIGNAL = 248;
+const FUSE_FS_PTR = 272;
+const FUSE_UTIME_OMIT_OK = 284;
+const FUSE_PAGESIZE = 296;
+const SIGUSR1 = 10;
 
 type Signal = (result: number, ...rest: unknown[]) => void;
 interface XattrOps {
@@ -33,6 +61,46 @@ export class NativeFuse extends Fuse {
     opts: FuseOptions,
   ) {
     super(mountpoint, handlers, opts);
+  }
+
+  /**
+   * Lets a setattr that sets only one of atime and mtime through (touch -m, GNU tar's
+   * extraction). libfuse 2 drops such a request unless the filesystem declares
+   * flag_utime_omit_ok, which fuse-native's C glue does not; the flag lives on as
+   * `utime_omit_ok` in libfuse's `struct fuse`, which is set here after checking that the
+   * memory around it holds exactly what this mount configured. Returns false, changing
+   * nothing, if anything does not match (another libfuse or fuse-native build).
+   */
+  enableUtimeOmit(entryTimeout: number): boolean {
+    const thread = (this as unknown as { _thread?: Buffer })._thread;
+    if (!thread || thread.length < THREAD_MNT + this.mnt.length + 1) return false;
+    if (thread.toString('utf8', THREAD_MNT, thread.indexOf(0, THREAD_MNT)) !== this.mnt) return false;
+    const fuse = thread.readBigUInt64LE(THREAD_FUSE_PTR);
+    if (fuse === 0n) return false;
+    const f = peek(fuse, FUSE_STRUCT_BYTES);
+    const matches =
+      f.readDoubleLE(FUSE_CONF_ENTRY_TIMEOUT) === entryTimeout &&
+      f.readInt32LE(FUSE_CONF_HARD_REMOVE) === 1 &&
+      f.readInt32LE(FUSE_CONF_USE_INO) === 1 &&
+      f.readInt32LE(FUSE_CONF_INTR_SIGNAL) === SIGUSR1 &&
+      f.readBigUInt64LE(FUSE_FS_PTR) !== 0n &&
+      f.readInt32LE(FUSE_UTIME_OMIT_OK) === 0 &&
+      f.readInt32LE(FUSE_PAGESIZE) === 4096;
+    if (!matches) return false;
+    const one = Buffer.alloc(4);
+    one.writeInt32LE(1);
+    poke(fuse + BigInt(FUSE_UTIME_OMIT_OK), one);
+    return true;
+  }
+
+  _makeHandlerArray(): NativeHandler[] {
+    const handlers = (Fuse.prototype as unknown as { _makeHandlerArray(this: Fuse): NativeHandler[] })._makeHandlerArray.call(this);
+    const original = handlers[OP_UTIMENS];
+    handlers[OP_UTIMENS] = (locals, op, path, atimeLow, atimeHigh) => {
+      const mtime = Number(locals.readBigUInt64LE(LOCALS_MTIME_OFFSET));
+      return original(locals, op, path, atimeLow, atimeHigh, mtime % 2 ** 32, Math.floor(mtime / 2 ** 32));
+    };
+    return handlers;
   }
 
   _fuseOptions(): string {

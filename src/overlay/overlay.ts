@@ -9,6 +9,7 @@ import { lgetxattr, llistxattr } from '../sys/libc';
 import { isPrivateXattr } from './format';
 import { openLayers, type Layer } from './layer';
 import { OverlayTree, type OvlNode } from './tree';
+import { IdMap, type IdMapOptions } from './idmap';
 import { Workdir } from './workdir';
 import * as writes from './writes';
 
@@ -25,7 +26,16 @@ export interface OverlayConfig {
   readonly volatile?: boolean;
   /** Force a whiteout style instead of probing what the upper filesystem allows (tests). */
   readonly whiteoutStyle?: 'chardev' | 'aufs';
+  /** uidmapping / gidmapping / squash_* (fuse-overlayfs's options). */
+  readonly idmap?: IdMapOptions;
+  /** Every directory reports nlink 1 (static_nlink). */
+  readonly staticNlink?: boolean;
+  /** No POSIX ACLs through the mount (noacl). */
+  readonly noacl?: boolean;
 }
+
+const ACL_XATTRS = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
+const NO_ID = 0xffffffff;
 
 /** Attributes as the mount presents them. */
 export interface OvlStat {
@@ -42,6 +52,9 @@ export interface OvlStat {
   mtimeMs: number;
   ctimeMs: number;
 }
+
+/** A new time in milliseconds, the current time, or no change. */
+export type TimeChange = number | 'now' | 'omit';
 
 export interface OvlDirEntry {
   name: string;
@@ -78,12 +91,16 @@ function splitPath(path: string): [string, string] {
 }
 
 export class Overlay {
+  private readonly ids: IdMap;
+
   private constructor(
     readonly config: OverlayConfig,
     readonly layers: readonly Layer[],
     readonly tree: OverlayTree,
     private readonly writeContext: writes.WriteContext | null,
-  ) {}
+  ) {
+    this.ids = new IdMap(config.idmap);
+  }
 
   static async open(config: OverlayConfig): Promise<Overlay> {
     const layers = await openLayers(config.lowers, config.upper);
@@ -231,14 +248,17 @@ export class Overlay {
   }
 
   async chown(path: string, uid: number, gid: number): Promise<void> {
-    await writes.chown(this.ctx, await this.tree.resolve(path), uid, gid);
+    const storedUid = uid === NO_ID ? uid : this.ids.storedUid(uid);
+    const storedGid = gid === NO_ID ? gid : this.ids.storedGid(gid);
+    await writes.chown(this.ctx, await this.tree.resolve(path), storedUid, storedGid);
   }
 
-  async utimens(path: string, atimeMs: number, mtimeMs: number): Promise<void> {
-    await writes.utimens(this.ctx, await this.tree.resolve(path), atimeMs, mtimeMs);
+  async utimens(path: string, atime: TimeChange, mtime: TimeChange): Promise<void> {
+    await writes.utimens(this.ctx, await this.tree.resolve(path), atime, mtime);
   }
 
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
+    this.checkAcl(name);
     await writes.setxattr(this.ctx, await this.tree.resolve(path), name, value, flags);
   }
 
@@ -269,13 +289,19 @@ export class Overlay {
 
   async getxattr(path: string, name: string): Promise<Buffer> {
     const node = await this.tree.resolve(path);
+    this.checkAcl(name);
     if (isPrivateXattr(name)) throw errorFor('ENODATA', name);
     return lgetxattr(node.realPath, name);
   }
 
   async listxattr(path: string): Promise<string[]> {
     const node = await this.tree.resolve(path);
-    return llistxattr(node.realPath).filter((name) => !isPrivateXattr(name));
+    return llistxattr(node.realPath).filter((name) => !isPrivateXattr(name) && !(this.config.noacl && ACL_XATTRS.has(name)));
+  }
+
+  /** With noacl, POSIX ACLs do not exist through the mount. */
+  private checkAcl(name: string): void {
+    if (this.config.noacl && ACL_XATTRS.has(name)) throw errorFor('EOPNOTSUPP', name);
   }
 
   async access(path: string, mode: number): Promise<void> {
@@ -320,10 +346,10 @@ export class Overlay {
     const st = lstatSync(node.realPath);
     return {
       mode: st.mode,
-      uid: st.uid,
-      gid: st.gid,
+      uid: this.ids.shownUid(st.uid),
+      gid: this.ids.shownGid(st.gid),
       size: st.size,
-      nlink: node.isMergedDir ? 1 : st.nlink,
+      nlink: node.isMergedDir || (node.isDir && this.config.staticNlink) ? 1 : st.nlink,
       ino: node.ino,
       rdev: st.rdev,
       blksize: st.blksize,

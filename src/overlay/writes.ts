@@ -11,10 +11,11 @@ import {
   existsSync, readdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync,
 } from 'node:fs';
 import { errorFor, hasCode } from '../errors';
-import { lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
+import { UTIME_NOW, UTIME_OMIT, type Timespec, lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
 import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
 import { isPrivateXattr, isWhiteoutName, isWhiteoutStat, WHITEOUT_PREFIX } from './format';
 import { layerPath } from './layer';
+import type { TimeChange } from './overlay';
 import { lowerPositive, type OvlNode } from './tree';
 
 export interface WriteContext extends UpperContext {
@@ -310,10 +311,15 @@ export async function chown(ctx: WriteContext, node: OvlNode, uid: number, gid: 
   lchownSync(node.realPath, uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid);
 }
 
-export async function utimens(ctx: WriteContext, node: OvlNode, atimeMs: number, mtimeMs: number): Promise<void> {
+export async function utimens(ctx: WriteContext, node: OvlNode, atime: TimeChange, mtime: TimeChange): Promise<void> {
   await copyUp(ctx, node);
-  const ts = (ms: number) => ({ sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 });
-  lutimens(node.realPath, ts(atimeMs), ts(mtimeMs));
+  lutimens(node.realPath, timespecOf(atime), timespecOf(mtime));
+}
+
+function timespecOf(t: TimeChange): Timespec {
+  if (t === 'now') return { sec: 0, nsec: UTIME_NOW };
+  if (t === 'omit') return { sec: 0, nsec: UTIME_OMIT };
+  return { sec: Math.floor(t / 1000), nsec: Math.round((t % 1000) * 1e6) };
 }
 
 /** The overlay's own xattrs cannot be set or removed through the mount (as fuse-overlayfs). */

@@ -23,6 +23,9 @@ const c = {
   lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
   ioctl: libc.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
   flock: libc.func('int flock(int fd, int operation)'),
+  // Raw memory access by address, for the one libfuse setting fuse-native gives no way to set.
+  peek: libc.func('void *memcpy(void *dst, uintptr_t src, size_t n)'),
+  poke: libc.func('void *memcpy(uintptr_t dst, const void *src, size_t n)'),
 };
 
 export const AT_FDCWD = -100;
@@ -158,3 +161,17 @@ export function tryLockExclusive(fd: number): boolean {
   if (koffi.errno() === koffi.os.errno.EWOULDBLOCK) return false;
   fail('flock', `fd ${fd}`);
 }
+
+/** Copies `length` bytes at native address `address` into a new Buffer. */
+export function peek(address: bigint, length: number): Buffer {
+  const buf = Buffer.alloc(length);
+  c.peek(buf, address, length);
+  return buf;
+}
+
+/** Writes `data` at native address `address`. */
+export function poke(address: bigint, data: Buffer): void {
+  c.poke(address, data, data.length);
+}
+
+export const UTIME_NOW = (1 << 30) - 1;
