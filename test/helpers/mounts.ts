@@ -96,8 +96,8 @@ export async function mountKernel(dirs: LayerDirs, mountpoint: string, extra: st
 }
 
 /** Runs fuse-overlayfs in the foreground in a child, as an oracle for AUFS-style layers. */
-export async function mountFuseOverlayfs(dirs: LayerDirs, mountpoint: string): Promise<Mounted> {
-  const child = spawn('fuse-overlayfs', ['-f', '-o', optionString(dirs), mountpoint], { stdio: 'ignore' });
+export async function mountFuseOverlayfs(dirs: LayerDirs, mountpoint: string, extra: string[] = []): Promise<Mounted> {
+  const child = spawn('fuse-overlayfs', ['-f', '-o', optionString(dirs, extra), mountpoint], { stdio: 'ignore' });
   live.add(mountpoint);
   if (!(await waitFor(() => isMounted(mountpoint), 10000))) {
     child.kill('SIGKILL');

@@ -3,14 +3,12 @@
  * squash_to_*, static_nlink) compared with fuse-overlayfs itself over the same layers.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import { chownSync, lstatSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { requires } from '../helpers/env';
 import { buildLayer, removeDir, tempDir } from '../helpers/layers';
-import { isMounted, mountTs, type Mounted } from '../helpers/mounts';
+import { mountFuseOverlayfs, mountTs, type Mounted } from '../helpers/mounts';
 
 const dirs: string[] = [];
 const mounts: Mounted[] = [];
@@ -18,20 +16,6 @@ after(async () => {
   for (const m of mounts) await m.unmount();
   dirs.forEach(removeDir);
 });
-
-async function mountFuseOverlayfs(opts: string, mnt: string): Promise<Mounted> {
-  const child = spawn('fuse-overlayfs', ['-f', '-o', opts, mnt], { stdio: 'ignore' });
-  for (let i = 0; i < 200 && !isMounted(mnt); i++) await sleep(25);
-  if (!isMounted(mnt)) throw new Error('fuse-overlayfs did not mount');
-  return {
-    mountpoint: mnt,
-    async unmount() {
-      spawnSync('fusermount3', ['-u', mnt]);
-      if (isMounted(mnt)) spawnSync('umount', ['-l', mnt]);
-      child.kill('SIGKILL');
-    },
-  };
-}
 
 interface Side { mnt: string; upper: string }
 
@@ -46,23 +30,13 @@ async function both(extra: string): Promise<{ ts: Side; fo: Side }> {
     'dir/sub1/x': { kind: 'file' },
     'dir/sub2/y': { kind: 'file' },
   });
-  const side = async (name: string, mountFn: (o: string, m: string) => Promise<Mounted>) => {
+  const side = async (name: string, mount: typeof mountTs) => {
     const s = { mnt: join(d, `${name}-mnt`), upper: join(d, `${name}-upper`), work: join(d, `${name}-work`) };
     for (const p of Object.values(s)) mkdirSync(p);
-    const opts = `lowerdir=${join(d, 'lower')},upperdir=${s.upper},workdir=${s.work}${extra ? `,${extra}` : ''}`;
-    mounts.push(await mountFn(opts, s.mnt));
+    mounts.push(await mount({ lowers: [join(d, 'lower')], upper: s.upper, work: s.work }, s.mnt, extra ? extra.split(',') : []));
     return s;
   };
-  const fo = await side('fo', mountFuseOverlayfs);
-  const ts = await side('ts', mountTsRaw);
-  return { ts, fo };
-}
-
-/** mountTs takes layer dirs; here the option string is given whole. */
-async function mountTsRaw(opts: string, mnt: string): Promise<Mounted> {
-  const parts = Object.fromEntries(opts.split(',').map((kv) => kv.split('=') as [string, string]));
-  const extra = opts.split(',').filter((kv) => !/^(lowerdir|upperdir|workdir)=/.test(kv));
-  return mountTs({ lowers: [parts.lowerdir], upper: parts.upperdir, work: parts.workdir }, mnt, extra);
+  return { fo: await side('fo', mountFuseOverlayfs), ts: await side('ts', mountTs) };
 }
 
 function ids(mnt: string, names: string[]): string[] {
