@@ -6,6 +6,7 @@ import { promises as fsp } from 'node:fs';
 import { dirname, resolve, sep } from 'node:path';
 import { cacheOptions } from '../fuse/cache-policy';
 import { readMountTable } from './mount-table';
+import { isInitialRoot } from './privilege';
 import type { IdMapOptions } from '../overlay/idmap';
 import { parseOptionStrings, splitLowerdir } from './mount-options';
 import { interpretOptions, OptionError, type OptionSettings } from './overlay-options';
@@ -99,7 +100,7 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     work: writable ? work : undefined,
     mountpoint,
     readOnly: !writable,
-    xattrNamespace: o.userxattr || process.getuid?.() !== 0 ? 'user' : 'trusted',
+    xattrNamespace: o.userxattr || !isInitialRoot() ? 'user' : 'trusted',
     volatile: o.volatile,
     idmap: {
       uidRanges: o.uidRanges,
