@@ -27,7 +27,8 @@ export interface Snapshot {
   fileCount: number;
 }
 
-function typeOf(mode: number): string {
+/** The file type of a mode, as a word. */
+export function typeOf(mode: number): string {
   switch (mode & 0o170000) {
     case 0o040000: return 'dir';
     case 0o100000: return 'file';

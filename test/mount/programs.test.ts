@@ -24,7 +24,7 @@ import { lgetxattr, llistxattr, lutimens } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
 import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
 import { mountKernel, mountTs, type Mounted } from '../helpers/mounts';
-import { snapshot, type Snapshot } from '../helpers/snapshot';
+import { snapshot, type Snapshot, typeOf } from '../helpers/snapshot';
 
 type SideName = 'kernel' | 'ts';
 const SIDES: readonly SideName[] = ['kernel', 'ts'];
@@ -239,19 +239,6 @@ function compareMerged(pair: Pair, unstable: Unstable = {}): Merged {
 
 function assertSameMerged(merged: Merged): void {
   assert.deepEqual(merged.diffs, [], 'merged tree on ts-overlayfs as on the kernel');
-}
-
-function typeOf(mode: number): string {
-  switch (mode & 0o170000) {
-    case 0o040000: return 'dir';
-    case 0o100000: return 'file';
-    case 0o120000: return 'symlink';
-    case 0o010000: return 'fifo';
-    case 0o020000: return 'chr';
-    case 0o060000: return 'blk';
-    case 0o140000: return 'sock';
-    default: return 'unknown';
-  }
 }
 
 interface UpperEntry {

@@ -3,9 +3,10 @@ import assert from 'node:assert/strict';
 
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { Errno, errnoOf } from '../../src/errors';
+import { Errno } from '../../src/errors';
 import { Overlay } from '../../src/overlay/overlay';
 import { requires } from '../helpers/env';
+import { errno } from '../helpers/errors';
 import { kernelFormatLayers } from '../helpers/fixtures';
 import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
 
@@ -31,15 +32,6 @@ async function overlayOf(trees: Tree[], withUpper = false): Promise<Overlay> {
 
 async function names(ov: Overlay, path: string): Promise<string[]> {
   return (await ov.readdir(path)).map((e) => e.name).filter((n) => n !== '.' && n !== '..').sort();
-}
-
-async function errno(p: Promise<unknown>): Promise<number> {
-  try {
-    await p;
-  } catch (err) {
-    return errnoOf(err);
-  }
-  assert.fail('expected an error');
 }
 
 async function content(ov: Overlay, path: string): Promise<string> {

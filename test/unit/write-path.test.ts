@@ -3,11 +3,12 @@ import assert from 'node:assert/strict';
 import { closeSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { errnoOf, Errno } from '../../src/errors';
+import { Errno } from '../../src/errors';
 import { isWhiteoutStat } from '../../src/overlay/format';
 import { Overlay } from '../../src/overlay/overlay';
 import { lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
+import { errno } from '../helpers/errors';
 import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
 
 const O_WRONLY = 1;
@@ -35,15 +36,6 @@ async function fixture(trees: Tree[], whiteoutStyle?: 'aufs'): Promise<Fixture> 
   mkdirSync(upper);
   mkdirSync(work);
   return { ov: await Overlay.open({ lowers, upper, work, whiteoutStyle }), lowers, upper, work };
-}
-
-async function errno(p: Promise<unknown>): Promise<number> {
-  try {
-    await p;
-  } catch (err) {
-    return errnoOf(err);
-  }
-  assert.fail('expected an error');
 }
 
 async function names(ov: Overlay, path: string): Promise<string[]> {
