@@ -38,6 +38,8 @@ Options:
   --big-count N    number of big files (default 3; env BENCH_BIG_COUNT)
   --timeout SEC    limit for any single command (default 120; env BENCH_TIMEOUT)
   --tmpdir DIR     parent of the temp dir (default /var/tmp; env BENCH_TMPDIR)
+  --readonly       mount the lowers only (no upper): as image mounts run (default: with an
+                   empty upper, as containers run)
   --json           print one JSON object on stdout instead of the table
   env TS_OVERLAYFS_BIN  ts-overlayfs command to run (default: <repo>/bin/ts-overlayfs)
   -h, --help       this text
@@ -60,6 +62,7 @@ function parseArgs(argv) {
     timeout: intEnv('BENCH_TIMEOUT', 120),
     tmpdir: env.BENCH_TMPDIR || '/var/tmp',
     json: false,
+    readonly: false,
     small,
     help: false,
   };
@@ -79,6 +82,7 @@ function parseArgs(argv) {
     switch (arg) {
       case '-h': case '--help': opts.help = true; break;
       case '--json': opts.json = true; break;
+      case '--readonly': opts.readonly = true; break;
       case '--small': break; // already applied above, before the size defaults
       case '--runs': opts.runs = positiveInt(arg, next()); break;
       case '--files': opts.files = positiveInt(arg, next()); break;
@@ -407,8 +411,9 @@ function lowerdirOption(layers) {
   return `lowerdir=${layers.l1}:${layers.l2}:${layers.l3}`;
 }
 
-function mountCommand(name, m, layers) {
-  const o = `${lowerdirOption(layers)},upperdir=${m.upper},workdir=${m.work}`;
+function mountCommand(name, m, layers, readonly) {
+  // Read-only (lowers only) is how image mounts run; with an upper, how containers run.
+  const o = readonly ? lowerdirOption(layers) : `${lowerdirOption(layers)},upperdir=${m.upper},workdir=${m.work}`;
   switch (name) {
     case 'kernel': return ['mount', ['-t', 'overlay', 'overlay', '-o', o, m.mnt]];
     case 'fuse-overlayfs': return ['fuse-overlayfs', ['-o', o, m.mnt]];
@@ -424,7 +429,7 @@ function mountCommand(name, m, layers) {
  * that inherits a pipe would keep it open and we could never tell the command finished.
  */
 async function mountOne(name, m, layers, opts) {
-  const [cmd, args] = mountCommand(name, m, layers);
+  const [cmd, args] = mountCommand(name, m, layers, opts.readonly);
   m.command = [cmd, ...args].join(' ');
   const before = name === 'kernel' ? null : fuseDevHolders();
   const logFd = fs.openSync(m.log, 'a');
@@ -675,6 +680,7 @@ function printTable(report) {
     `${md.files.shadowed_files} shadowed, ${md.files.whiteouts.l1 + md.files.whiteouts.l2} whiteouts, ${md.files.opaque_dirs} opaque dirs; ` +
     `${md.files.big_files} × ${md.files.big_file_bytes / MIB} MiB big files`);
   lines.push(`merged view: ${md.expected_entries} entries expected; find | wc -l: ${md.mounts.map((n) => `${n} ${md.entry_counts[n]}`).join(', ')}`);
+  lines.push(md.readonly ? 'mounts: read-only (lowers only)' : 'mounts: writable (empty upper)');
   lines.push(`warm cache: 1 unmeasured warm-up pass per mount, then ${md.runs} runs round-robin (${md.mounts.join(' → ')}); median ms, wall clock incl. ~${md.spawn_overhead_ms} ms spawn`);
   lines.push('');
   const labels = md.workload_labels;
@@ -778,6 +784,7 @@ async function main() {
       temp_fs: tempFs,
       mounts: opts.only,
       ts_overlayfs_bin: opts.only.includes('ts-overlayfs') ? TS_BIN : null,
+      readonly: opts.readonly,
       mount_commands: Object.fromEntries(opts.only.map((n) => [n, mountState[n].command])),
       mount_fstypes: Object.fromEntries(opts.only.map((n) => [n, mountState[n].fstype])),
       versions: {
