@@ -235,7 +235,15 @@ export class Overlay {
     const dstDir = await this.tree.resolve(dirPath);
     if (!dstDir.isDir) throw errorFor('ENOTDIR', dirPath);
     const dst = await dstDir.child(name, this.tree);
-    if (dst && dst.isDir && src.isDir && (await this.mergedNames(dst)).length > 0) throw errorFor('ENOTEMPTY', to);
+    if (dst === src) return;
+    if (dst) {
+      if (src.isDir && !dst.isDir) throw errorFor('ENOTDIR', to);
+      if (!src.isDir && dst.isDir) throw errorFor('EISDIR', to);
+      // Two names of one file: rename does nothing (POSIX).
+      if (!src.isDir && dst.ino === src.ino) return;
+    }
+    if (src.isDir && !writes.canMoveDir(src)) throw errorFor('EXDEV', from);
+    if (dst && dst.isDir && (await this.mergedNames(dst)).length > 0) throw errorFor('ENOTEMPTY', to);
     await writes.rename(ctx, src, dstDir, name, dst);
   }
 
@@ -343,20 +351,22 @@ export class Overlay {
   }
 
   private async statOf(node: OvlNode): Promise<OvlStat> {
-    const st = lstatSync(node.realPath);
+    // Nanoseconds as integers: the float st.mtimeMs rounds .9999999 s up to the next second.
+    const st = lstatSync(node.realPath, { bigint: true });
+    const ms = (ns: bigint) => Number(ns / 1_000_000n);
     return {
-      mode: st.mode,
-      uid: this.ids.shownUid(st.uid),
-      gid: this.ids.shownGid(st.gid),
-      size: st.size,
-      nlink: node.isMergedDir || (node.isDir && this.config.staticNlink) ? 1 : st.nlink,
+      mode: Number(st.mode),
+      uid: this.ids.shownUid(Number(st.uid)),
+      gid: this.ids.shownGid(Number(st.gid)),
+      size: Number(st.size),
+      nlink: node.isMergedDir || (node.isDir && this.config.staticNlink) ? 1 : Number(st.nlink),
       ino: node.ino,
-      rdev: st.rdev,
-      blksize: st.blksize,
-      blocks: st.blocks,
-      atimeMs: st.atimeMs,
-      mtimeMs: st.mtimeMs,
-      ctimeMs: st.ctimeMs,
+      rdev: Number(st.rdev),
+      blksize: Number(st.blksize),
+      blocks: Number(st.blocks),
+      atimeMs: ms(st.atimeNs),
+      mtimeMs: ms(st.mtimeNs),
+      ctimeMs: ms(st.ctimeNs),
     };
   }
 }

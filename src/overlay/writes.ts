@@ -7,7 +7,7 @@
  * to every other request this process serves; only copying file data waits.
  */
 import {
-  chmodSync, constants as fsc, fchmodSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
+  chmodSync, constants as fsc, fchmodSync, fchownSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
   existsSync, readdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync,
 } from 'node:fs';
 import { errorFor, hasCode } from '../errors';
@@ -42,6 +42,7 @@ export function probeWhiteoutStyle(scratch: string): 'chardev' | 'aufs' {
 
 const S_IFMT = 0o170000;
 const S_IFCHR = 0o020000;
+const S_ISGID = 0o2000;
 
 /** Names starting `.wh.` are whiteouts to every layer reader: they cannot be made through the mount. */
 export function checkNewName(name: string): void {
@@ -62,8 +63,10 @@ function isWhiteoutAt(path: string): boolean {
   }
 }
 
+/** A kernel whiteout, owned like the kernel's (the mounter's ids, whatever the directory's group). */
 function makeWhiteout(path: string): void {
   mknod(path, S_IFCHR, 0);
+  lchownSync(path, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
 }
 
 /** The AUFS-style whiteout of NAME in DIR's upper layer: an empty `.wh.NAME` file, mode 0. */
@@ -98,14 +101,34 @@ function noteUpper(dir: OvlNode, name: string, kind: 'dir' | 'other' | 'whiteout
  * Makes a new non-directory NAME in DIR's upper layer with `make`: in place, or, where a
  * whiteout stands, built in the work directory and renamed over the whiteout in one step.
  */
-function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, make: (path: string) => T): T {
+/**
+ * The group a new entry takes when it is built in the work directory: in a set-group-ID
+ * directory, entries made in place take the directory's group (and directories its S_ISGID);
+ * built elsewhere and renamed in, they must be given it.
+ */
+interface Inherited {
+  readonly gid?: number;
+  readonly setgid: boolean;
+}
+
+function inheritedFrom(parentPath: string, builtElsewhere: boolean): Inherited {
+  const st = lstatSync(parentPath);
+  const setgid = (st.mode & S_ISGID) !== 0;
+  return { gid: setgid && builtElsewhere ? st.gid : undefined, setgid };
+}
+
+/**
+ * Makes a new non-directory NAME in DIR's upper layer with `make`: in place, or, where a
+ * whiteout stands, built in the work directory and renamed over the whiteout in one step.
+ */
+function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, make: (path: string, gid: number | undefined) => T): T {
   checkNewName(name);
   copyUpDirChain(ctx, dir);
   const target = upperPathOf(ctx, dir, name);
   let result: T;
   if (isWhiteoutAt(target)) {
     const tmp = ctx.work.temp();
-    result = make(tmp);
+    result = make(tmp, inheritedFrom(upperPathOf(ctx, dir, ''), true).gid);
     try {
       renameSync(tmp, target);
     } catch (err) {
@@ -113,7 +136,7 @@ function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, make: (path:
       throw err;
     }
   } else {
-    result = make(target);
+    result = make(target, undefined);
   }
   noteUpper(dir, name, 'other');
   return result;
@@ -121,8 +144,9 @@ function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, make: (path:
 
 /** Creates and opens a regular file; returns the descriptor. */
 export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: number): number {
-  return placeNew(ctx, dir, name, (path) => {
+  return placeNew(ctx, dir, name, (path, gid) => {
     const fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+    if (gid !== undefined) fchownSync(fd, -1, gid);
     // The kernel already applied the caller's umask; ours must not apply again.
     fchmodSync(fd, mode & 0o7777);
     return fd;
@@ -130,14 +154,18 @@ export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: numb
 }
 
 export function mknodAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number, rdev: number): void {
-  placeNew(ctx, dir, name, (path) => {
+  placeNew(ctx, dir, name, (path, gid) => {
     mknod(path, (mode & S_IFMT) | 0o600, rdev);
+    if (gid !== undefined) lchownSync(path, -1, gid);
     chmodSync(path, mode & 0o7777);
   });
 }
 
 export function symlinkAt(ctx: WriteContext, dir: OvlNode, name: string, target: string): void {
-  placeNew(ctx, dir, name, (path) => symlinkSync(target, path));
+  placeNew(ctx, dir, name, (path, gid) => {
+    symlinkSync(target, path);
+    if (gid !== undefined) lchownSync(path, -1, gid);
+  });
 }
 
 export async function linkAt(ctx: WriteContext, src: OvlNode, dir: OvlNode, name: string): Promise<void> {
@@ -152,11 +180,16 @@ export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
   checkNewName(name);
   copyUpDirChain(ctx, dir);
   const target = upperPathOf(ctx, dir, name);
-  if (isWhiteoutAt(target)) {
+  const overWhiteout = isWhiteoutAt(target);
+  const inherited = inheritedFrom(upperPathOf(ctx, dir, ''), overWhiteout);
+  // The VFS strips S_ISGID from the mode it passes; a set-group-ID parent gives it back.
+  const finalMode = (mode & 0o7777) | (inherited.setgid ? S_ISGID : 0);
+  if (overWhiteout) {
     const tmp = ctx.work.temp();
     mkdirSync(tmp, { mode: 0o700 });
     try {
-      chmodSync(tmp, mode & 0o7777);
+      if (inherited.gid !== undefined) lchownSync(tmp, -1, inherited.gid);
+      chmodSync(tmp, finalMode);
       setOpaque(ctx, tmp);
       // A directory cannot be renamed over a file: swap them, then drop the whiteout.
       renameat2(tmp, target, RENAME_EXCHANGE);
@@ -167,7 +200,7 @@ export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
     unlinkSync(tmp);
   } else {
     mkdirSync(target, { mode: 0o700 });
-    chmodSync(target, mode & 0o7777);
+    chmodSync(target, finalMode);
     if (hasAufsWhiteout(ctx, dir, name)) setOpaque(ctx, target);
   }
   noteUpper(dir, name, 'dir');
@@ -220,15 +253,18 @@ export async function remove(ctx: WriteContext, dir: OvlNode, node: OvlNode): Pr
  * rename. Directories with content in a lower layer are refused with EXDEV, as the kernel
  * does without redirect_dir; `mv` then copies and deletes.
  */
+/** A directory can move only if nothing of it lives in a lower layer (no redirect_dir). */
+export function canMoveDir(node: OvlNode): boolean {
+  return node.layer.upper && node.dirLayers.length === 1;
+}
+
+/**
+ * rename, once the caller has checked it as the kernel does (types, then EXDEV for a
+ * directory with lower content, which `mv` answers by copying, then ENOTEMPTY).
+ */
 export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, dstName: string, dst: OvlNode | null): Promise<void> {
   checkNewName(dstName);
   const srcDir = src.parent!;
-  if (dst === src) return;
-  if (dst) {
-    if (src.isDir && !dst.isDir) throw errorFor('ENOTDIR', dstName);
-    if (!src.isDir && dst.isDir) throw errorFor('EISDIR', dstName);
-  }
-  if (src.isDir && !(src.layer.upper && src.dirLayers.length === 1)) throw errorFor('EXDEV', src.path);
   await copyUp(ctx, src);
   copyUpDirChain(ctx, dstDir);
   const srcWhiteout = await lowerPositive(srcDir, src.name);
