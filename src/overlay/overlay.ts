@@ -7,7 +7,7 @@ import { read as fsRead, close as fsClose, open as fsOpen, write as fsWrite, fsy
 import { errorFor } from '../errors';
 import { lgetxattr, llistxattr } from '../sys/libc';
 import { isPrivateXattr } from './format';
-import { openLayers, type Layer } from './layer';
+import { closeLayers, openLayers, type Layer } from './layer';
 import { OverlayTree, type OvlNode } from './tree';
 import { IdMap, type IdMapOptions } from './idmap';
 import { Workdir } from './workdir';
@@ -103,32 +103,40 @@ export class Overlay {
   }
 
   static async open(config: OverlayConfig): Promise<Overlay> {
-    const layers = await openLayers(config.lowers, config.upper);
-    const tree = new OverlayTree(layers);
-    await tree.root();
-    let ctx: writes.WriteContext | null = null;
-    if (config.upper !== undefined) {
-      if (config.work === undefined) throw errorFor('EINVAL', 'upperdir needs a workdir');
-      const work = Workdir.prepare(config.work, layers[0].dev);
-      ctx = {
-        tree,
-        upper: layers[0],
-        work,
-        fsync: !config.volatile,
-        xattrNamespace: config.xattrNamespace ?? 'trusted',
-        whiteoutStyle: config.whiteoutStyle ?? writes.probeWhiteoutStyle(work.temp()),
-      };
+    if (config.upper !== undefined && config.work === undefined) throw errorFor('EINVAL', 'upperdir needs a workdir');
+    const layers = openLayers(config.lowers, config.upper);
+    let work: Workdir | undefined;
+    try {
+      const tree = new OverlayTree(layers);
+      await tree.root();
+      let ctx: writes.WriteContext | null = null;
+      if (config.work !== undefined && config.upper !== undefined) {
+        work = Workdir.prepare(config.work, layers[0].dev);
+        ctx = {
+          tree,
+          upper: layers[0],
+          work,
+          fsync: !config.volatile,
+          xattrNamespace: config.xattrNamespace ?? 'trusted',
+          whiteoutStyle: config.whiteoutStyle ?? writes.probeWhiteoutStyle(work.temp()),
+        };
+      }
+      return new Overlay(config, layers, tree, ctx);
+    } catch (err) {
+      work?.release();
+      closeLayers(layers);
+      throw err;
     }
-    return new Overlay(config, layers, tree, ctx);
   }
 
   get readOnly(): boolean {
     return this.writeContext === null;
   }
 
-  /** Ends this overlay's use of its layers (the work directory lock). */
+  /** Ends this overlay's use of its layers (their descriptors, the work directory lock). */
   close(): void {
     this.writeContext?.work.release();
+    closeLayers(this.layers);
   }
 
   private get ctx(): writes.WriteContext {

@@ -140,7 +140,7 @@ export class OverlayTree {
   async root(): Promise<OvlNode> {
     if (!this.rootNode) {
       const top = this.layers[0];
-      const st = lstatSync(top.root);
+      const st = lstatSync(layerPath(top, ''));
       this.inodes.pinRoot(st.dev, st.ino);
       // As in the kernel, the root merges every layer: an opaque mark on a layer root is ignored.
       this.rootNode = new OvlNode('', null, top, this.layers, st.mode & S_IFMT, this.inodes.numberOf(st.dev, st.ino));
