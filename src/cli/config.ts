@@ -57,7 +57,9 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   }
 
   const fuseOptions = [
-    'use_ino', 'hard_remove', 'big_writes', 'subtype=ts-overlayfs', 'default_permissions',
+    // No hard_remove: with it, I/O on a file unlinked while open fails; without it libfuse
+    // renames such a file to .fuse_hidden*, which the overlay keeps out of the upper layer.
+    'use_ino', 'big_writes', 'subtype=ts-overlayfs', 'default_permissions',
     // libfuse 2 alone refuses a non-empty mountpoint; fuse-overlayfs (libfuse 3) and the kernel do not.
     'nonempty',
   ];

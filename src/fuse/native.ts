@@ -7,8 +7,6 @@
  * the exact option list we computed (see fuse-options.ts), so:
  *  - use_ino: st_ino and d_ino come from us (one number per file, shared by hard links),
  *    not from libfuse's node ids;
- *  - hard_remove: unlinking an open file removes it at once instead of renaming it to a
- *    `.fuse_hidden*` file, which would land in the upper layer;
  *  - big_writes: writes arrive in 128 KiB pieces instead of 4 KiB ones.
  * It also replaces the getxattr/listxattr glue, which ignores the caller's buffer size
  * (a too-small buffer must give ERANGE, and a size query the exact size), and mends utimens,
@@ -80,7 +78,7 @@ export class NativeFuse extends Fuse {
     const f = peek(fuse, FUSE_STRUCT_BYTES);
     const matches =
       f.readDoubleLE(FUSE_CONF_ENTRY_TIMEOUT) === entryTimeout &&
-      f.readInt32LE(FUSE_CONF_HARD_REMOVE) === 1 &&
+      f.readInt32LE(FUSE_CONF_HARD_REMOVE) === 0 &&
       f.readInt32LE(FUSE_CONF_USE_INO) === 1 &&
       f.readInt32LE(FUSE_CONF_INTR_SIGNAL) === SIGUSR1 &&
       f.readBigUInt64LE(FUSE_FS_PTR) !== 0n &&

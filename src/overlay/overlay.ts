@@ -2,7 +2,7 @@
  * The overlay filesystem's operations on overlay paths, independent of FUSE: each returns
  * plain data or throws an error carrying an errno (OvlError or Node's own).
  */
-import { constants as fsc, lstatSync, readlinkSync, promises as fsp } from 'node:fs';
+import { constants as fsc, lstatSync, readlinkSync, rmSync, promises as fsp } from 'node:fs';
 import { read as fsRead, close as fsClose, open as fsOpen, write as fsWrite, fsync as fsFsync, fdatasync as fsFdatasync, ftruncate as fsFtruncate } from 'node:fs';
 import { errorFor } from '../errors';
 import { lgetxattr, llistxattr } from '../sys/libc';
@@ -84,6 +84,11 @@ function promised<T>(run: (cb: (err: NodeJS.ErrnoException | null, result?: T) =
   return new Promise((resolve, reject) => run((err, result) => (err ? reject(err) : resolve(result as T))));
 }
 
+/** libfuse 2 names an open file it unlinks `.fuse_hiddenXXXXXXXXYYYYYYYY` (see Overlay.hidden). */
+function isLibfuseHiddenName(path: string): boolean {
+  return /\/\.fuse_hidden[0-9a-f]{16}$/.test(path);
+}
+
 /** '/a/b/c' -> ['/a/b', 'c']. */
 function splitPath(path: string): [string, string] {
   const i = path.lastIndexOf('/');
@@ -153,8 +158,22 @@ export class Overlay {
     return [dir, name];
   }
 
+  /**
+   * Files unlinked (or renamed over) while open, by their `.fuse_hidden*` names. libfuse 2
+   * renames such a file to a hidden name, keeps serving its open descriptors through that
+   * name, and unlinks it at the last close (unless hard_remove, which makes those
+   * descriptors fail). Here the hidden name never enters the upper layer: the entry leaves
+   * the merged view as an unlink does, and its data waits in the work directory.
+   */
+  private readonly hidden = new Map<string, OvlNode>();
+
+  private resolve(path: string): Promise<OvlNode> {
+    const h = this.hidden.get(path);
+    return h ? Promise.resolve(h) : this.tree.resolve(path);
+  }
+
   async getattr(path: string): Promise<OvlStat> {
-    const node = await this.tree.resolve(path);
+    const node = await this.resolve(path);
     return this.statOf(node);
   }
 
@@ -176,13 +195,13 @@ export class Overlay {
   }
 
   async readlink(path: string): Promise<string> {
-    const node = await this.tree.resolve(path);
+    const node = await this.resolve(path);
     return readlinkSync(node.realPath);
   }
 
   /** Opens a file for I/O and returns its descriptor, used as the FUSE file handle. */
   async open(path: string, flags: number): Promise<number> {
-    const node = await this.tree.resolve(path);
+    const node = await this.resolve(path);
     const truncating = (flags & fsc.O_TRUNC) !== 0;
     if ((flags & ACCESS_WRITE_FLAGS) !== 0 || truncating) await writes.openForWrite(this.ctx, node, truncating);
     return promised((cb) => fsOpen(node.realPath, (flags & PASSED_OPEN_FLAGS) | fsc.O_NOFOLLOW, cb));
@@ -221,6 +240,12 @@ export class Overlay {
 
   async unlink(path: string): Promise<void> {
     const ctx = this.ctx;
+    const hidden = this.hidden.get(path);
+    if (hidden) {
+      this.hidden.delete(path);
+      if (hidden.layer.upper) rmSync(hidden.realPath, { force: true });
+      return;
+    }
     const node = await this.tree.resolve(path);
     if (node.isDir) throw errorFor('EISDIR', path);
     await writes.remove(ctx, node.parent!, node);
@@ -239,6 +264,11 @@ export class Overlay {
     const ctx = this.ctx;
     const src = await this.tree.resolve(from);
     if (src.parent === null) throw errorFor('EBUSY', from);
+    if (isLibfuseHiddenName(to) && !src.isDir) {
+      src.detachedAt = await writes.remove(ctx, src.parent, src, true);
+      this.hidden.set(to, src);
+      return;
+    }
     const [dirPath, name] = splitPath(to);
     const dstDir = await this.tree.resolve(dirPath);
     if (!dstDir.isDir) throw errorFor('ENOTDIR', dirPath);
@@ -256,30 +286,30 @@ export class Overlay {
   }
 
   async truncate(path: string, size: number): Promise<void> {
-    await writes.truncate(this.ctx, await this.tree.resolve(path), size);
+    await writes.truncate(this.ctx, await this.resolve(path), size);
   }
 
   async chmod(path: string, mode: number): Promise<void> {
-    await writes.chmod(this.ctx, await this.tree.resolve(path), mode);
+    await writes.chmod(this.ctx, await this.resolve(path), mode);
   }
 
   async chown(path: string, uid: number, gid: number): Promise<void> {
     const storedUid = uid === NO_ID ? uid : this.ids.storedUid(uid);
     const storedGid = gid === NO_ID ? gid : this.ids.storedGid(gid);
-    await writes.chown(this.ctx, await this.tree.resolve(path), storedUid, storedGid);
+    await writes.chown(this.ctx, await this.resolve(path), storedUid, storedGid);
   }
 
   async utimens(path: string, atime: TimeChange, mtime: TimeChange): Promise<void> {
-    await writes.utimens(this.ctx, await this.tree.resolve(path), atime, mtime);
+    await writes.utimens(this.ctx, await this.resolve(path), atime, mtime);
   }
 
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
     this.checkAcl(name);
-    await writes.setxattr(this.ctx, await this.tree.resolve(path), name, value, flags);
+    await writes.setxattr(this.ctx, await this.resolve(path), name, value, flags);
   }
 
   async removexattr(path: string, name: string): Promise<void> {
-    await writes.removexattr(this.ctx, await this.tree.resolve(path), name);
+    await writes.removexattr(this.ctx, await this.resolve(path), name);
   }
 
   write(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
@@ -304,14 +334,14 @@ export class Overlay {
   }
 
   async getxattr(path: string, name: string): Promise<Buffer> {
-    const node = await this.tree.resolve(path);
+    const node = await this.resolve(path);
     this.checkAcl(name);
     if (isPrivateXattr(name)) throw errorFor('ENODATA', name);
     return lgetxattr(node.realPath, name);
   }
 
   async listxattr(path: string): Promise<string[]> {
-    const node = await this.tree.resolve(path);
+    const node = await this.resolve(path);
     return llistxattr(node.realPath).filter((name) => !isPrivateXattr(name) && !(this.config.noacl && ACL_XATTRS.has(name)));
   }
 
@@ -321,7 +351,7 @@ export class Overlay {
   }
 
   async access(path: string, mode: number): Promise<void> {
-    await this.tree.resolve(path);
+    await this.resolve(path);
     if ((mode & W_OK) !== 0 && this.readOnly) throw errorFor('EROFS', path);
   }
 

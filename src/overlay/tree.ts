@@ -59,9 +59,12 @@ export class OvlNode {
     return parentPath === '' ? this.name : `${parentPath}/${this.name}`;
   }
 
+  /** Where an entry that left the tree while still open keeps its data (see Overlay.hide). */
+  detachedAt?: string;
+
   /** The real path of the entry in its topmost layer. */
   get realPath(): string {
-    return layerPath(this.layer, this.path);
+    return this.detachedAt ?? layerPath(this.layer, this.path);
   }
 
   /** A merged directory (contents from more than one layer) reports nlink 1, as the kernel does. */

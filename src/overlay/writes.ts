@@ -218,25 +218,36 @@ function discardUpper(ctx: WriteContext, path: string, isDir: boolean): void {
   rmSync(tmp, { recursive: true, force: true });
 }
 
-/** unlink and rmdir: NAME goes from the merged view, by a whiteout if a lower layer holds it. */
-export async function remove(ctx: WriteContext, dir: OvlNode, node: OvlNode): Promise<void> {
+/**
+ * unlink and rmdir: NAME goes from the merged view, by a whiteout if a lower layer holds it.
+ * With `keep`, a non-directory's upper file is not deleted but moved into the work
+ * directory (an unlinked file that is still open); the return value says where its data
+ * now is.
+ */
+export async function remove(ctx: WriteContext, dir: OvlNode, node: OvlNode, keep = false): Promise<string> {
   const name = node.name;
   const whiteout = await lowerPositive(dir, name);
   const target = upperPathOf(ctx, dir, name);
+  let dataAt = node.realPath;
+  const setAside = (): void => {
+    dataAt = ctx.work.temp();
+    renameSync(target, dataAt);
+  };
   if (whiteout && ctx.whiteoutStyle === 'aufs') {
-    if (node.layer.upper) discardUpper(ctx, target, node.isDir);
+    if (node.layer.upper && keep && !node.isDir) setAside();
+    else if (node.layer.upper) discardUpper(ctx, target, node.isDir);
     else copyUpDirChain(ctx, dir);
     makeAufsWhiteout(ctx, dir, name);
   } else if (node.layer.upper) {
     if (whiteout) {
+      // The whiteout takes the entry's place in one step; the entry lands in the work dir.
       const tmp = ctx.work.temp();
       makeWhiteout(tmp);
-      if (node.isDir) {
-        renameat2(tmp, target, RENAME_EXCHANGE);
-        rmSync(tmp, { recursive: true, force: true });
-      } else {
-        renameSync(tmp, target);
-      }
+      renameat2(tmp, target, RENAME_EXCHANGE);
+      if (keep && !node.isDir) dataAt = tmp;
+      else rmSync(tmp, { recursive: true, force: true });
+    } else if (keep && !node.isDir) {
+      setAside();
     } else {
       discardUpper(ctx, target, node.isDir);
     }
@@ -247,6 +258,7 @@ export async function remove(ctx: WriteContext, dir: OvlNode, node: OvlNode): Pr
   node.removed = true;
   noteUpper(dir, name, whiteout ? 'whiteout' : 'none');
   dir.children.set(name, null);
+  return dataAt;
 }
 
 /**
