@@ -277,8 +277,9 @@ export class Overlay {
     if (dst) {
       if (src.isDir && !dst.isDir) throw errorFor('ENOTDIR', to);
       if (!src.isDir && dst.isDir) throw errorFor('EISDIR', to);
-      // Two names of one file: rename does nothing (POSIX).
-      if (!src.isDir && dst.ino === src.ino) return;
+      // Two names of one upper file: rename does nothing (POSIX). Lower hard links are
+      // different files to the overlay (a copy-up would split them), as in the kernel.
+      if (!src.isDir && dst.ino === src.ino && src.layer.upper && dst.layer.upper) return;
     }
     if (src.isDir && !writes.canMoveDir(src)) throw errorFor('EXDEV', from);
     if (dst && dst.isDir && (await this.mergedNames(dst)).length > 0) throw errorFor('ENOTEMPTY', to);
