@@ -1,0 +1,226 @@
+/**
+ * Command line of the differential fuzzer (scripts/fuzz runs it after building):
+ *
+ *   cli.js --seconds N [--seed S] [--ops K] [--lowers L]   seeds S, S+1, ... for N seconds
+ *   cli.js --seed S [--ops K] [--lowers L] [--keep i,j,..]  one seed (a reproduction)
+ *   cli.js --replay FILE                                     a sequence saved by an earlier run
+ *
+ * Prints one line per sequence, and each divergence (shrunk) with a reproduction command.
+ * Exit status: 0 no divergence, 1 divergence(s), 2 bad usage or a harness failure.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describeOp, type LayerSpec, type Op } from './generate';
+import { describeDifferences } from './differences';
+import { KNOWN_BUGS, setAvoidKnownBugs } from './known-bugs';
+import { formatReport, Fuzzer, leftoverMounts, reproCommand, type Divergence, type Report } from './runner';
+
+interface Args {
+  seconds?: number;
+  seed?: number;
+  ops: number;
+  lowers?: number;
+  keep?: number[];
+  replay?: string;
+  shrink: boolean;
+  shrinkSeconds: number;
+  verbose: boolean;
+  out: string;
+  includeKnown: boolean;
+  keepGoing: boolean;
+}
+
+const USAGE = `usage: scripts/fuzz [--seconds N] [--seed S] [--ops K] [--lowers L] [--keep i,j,...]
+                   [--replay FILE] [--no-shrink] [--shrink-seconds N] [--verbose] [--out DIR]
+  --seconds N   run seeds S, S+1, ... for N seconds (S defaults to one from the clock)
+  --seed S      the first (or only) seed
+  --ops K       operations per sequence (default 40)
+  --lowers L    number of lower layers (default: 1 to 5, from the seed)
+  --keep LIST   run only these operations of the seed's sequence (as printed by a report)
+  --replay FILE run the sequence saved in FILE (written for each divergence into --out)
+  --verbose     print every operation and both outcomes
+  --out DIR     where reproduction files go (default: the temp directory)
+  --keep-going  do not stop a sequence at a divergence: print each and go on (diagnosis; no shrinking)
+  --include-known  stop steering around the known, unfixed bugs listed below
+Deliberate differences the fuzzer avoids or leaves out:
+${describeDifferences()}
+Known ts-overlayfs bugs (unfixed) the generator steers around unless --include-known:
+${KNOWN_BUGS.map((b) => `  ${b.name}: ${b.what}. Steering: ${b.avoidance}.`).join('\n')}`;
+
+function parse(argv: string[]): Args {
+  const a: Args = { ops: 40, shrink: true, shrinkSeconds: 300, verbose: false, out: tmpdir(), includeKnown: false, keepGoing: false };
+  const num = (v: string | undefined, name: string): number => {
+    const n = Number(v);
+    if (v === undefined || !Number.isInteger(n) || n < 0) throw new Error(`${name} needs a whole number`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    switch (arg) {
+      case '--seconds': a.seconds = num(argv[++i], arg); break;
+      case '--seed': a.seed = num(argv[++i], arg); break;
+      case '--ops': a.ops = num(argv[++i], arg); break;
+      case '--lowers': a.lowers = num(argv[++i], arg); if (a.lowers < 1) throw new Error('--lowers needs at least 1'); break;
+      case '--keep': a.keep = (argv[++i] ?? '').split(',').filter((s) => s !== '').map((s) => num(s, arg)); break;
+      case '--replay': a.replay = argv[++i]; break;
+      case '--no-shrink': a.shrink = false; break;
+      case '--include-known': a.includeKnown = true; break;
+      case '--keep-going': a.keepGoing = true; break;
+      case '--shrink-seconds': a.shrinkSeconds = num(argv[++i], arg); break;
+      case '--verbose': case '-v': a.verbose = true; break;
+      case '--out': a.out = argv[++i] ?? ''; break;
+      case '--help': case '-h': process.stdout.write(`${USAGE}\n`); process.exit(0); break;
+      default: throw new Error(`unknown argument ${arg}`);
+    }
+  }
+  return a;
+}
+
+/** A saved sequence; `layers` makes the replay exact even after the generator changes. */
+interface Saved { seed: number; lowers?: number; generated: number; keep: number[]; ops: Op[]; layers?: LayerSpec[] }
+
+function save(out: string, r: Report, layers: LayerSpec[]): string {
+  const file = join(out, `fuzz-repro-${r.seed}-${r.divergence.stage}.json`);
+  const saved: Saved = { seed: r.seed, lowers: r.lowers, generated: r.generated, keep: r.keep, ops: r.keep.map((k) => r.ops[k]), layers };
+  writeFileSync(file, `${JSON.stringify(saved, null, 1)}\n`);
+  return file;
+}
+
+let stopping = false;
+
+async function main(): Promise<number> {
+  let args: Args;
+  try {
+    args = parse(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`fuzz: ${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  if (process.getuid?.() !== 0) {
+    process.stderr.write('fuzz: needs root (kernel overlayfs mounts)\n');
+    return 2;
+  }
+  setAvoidKnownBugs(!args.includeKnown);
+  // Modes given to open/mkdir reach both implementations unmasked.
+  process.umask(0);
+  // Stop after the current sequence, whose mounts are then unmounted; a second signal exits
+  // at once (mounts.ts's exit handler still detaches what is mounted).
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      if (stopping) process.exit(130);
+      stopping = true;
+      process.stderr.write(`fuzz: ${sig}: stopping after this sequence (again to quit now)\n`);
+    });
+  }
+  const log = (s: string) => process.stdout.write(`${s}\n`);
+  const verbose = args.verbose
+    ? (i: number, op: Op, k: string, t: string) => log(`    ${String(i).padStart(3)} ${describeOp(op)}\n          kernel: ${k}${k === t ? '' : `\n          ts:     ${t}`}`)
+    : undefined;
+
+  const onDiverge = (d: Divergence) => log(`  -- divergence ${d.signature} at operation ${d.step}:\n${d.detail}`);
+  const reports: Report[] = [];
+  const seenSignatures = new Map<string, number[]>();
+  let sequences = 0;
+  let operations = 0;
+  let harnessFailures = 0;
+  const started = Date.now();
+
+  const runSeed = async (seed: number, replay?: Saved) => {
+    const lowers = replay ? replay.lowers : args.lowers;
+    const fz = new Fuzzer(seed, { lowers, layers: replay?.layers });
+    try {
+      let ops: Op[];
+      let keep: number[];
+      let generated: number;
+      let result;
+      if (replay) {
+        ops = replay.ops;
+        keep = ops.map((_, i) => i);
+        generated = replay.generated;
+        result = await fz.run({ ops, onStep: verbose, keepGoing: args.keepGoing, onDiverge });
+      } else if (args.keep) {
+        const all = await fz.materialize(args.ops);
+        keep = args.keep.filter((k) => k < all.length);
+        ops = all;
+        generated = args.ops;
+        result = await fz.run({ ops: keep.map((k) => all[k]), onStep: verbose, keepGoing: args.keepGoing, onDiverge });
+        result = { ...result, ops: all };
+      } else {
+        result = await fz.run({ ops: { generate: args.ops }, onStep: verbose, keepGoing: args.keepGoing, onDiverge });
+        ops = result.ops;
+        keep = ops.map((_, i) => i);
+        generated = args.ops;
+      }
+      sequences++;
+      operations += result.divergence ? result.divergence.step + 1 : (replay || args.keep ? keep.length : result.ops.length);
+      const d = result.divergence;
+      const layerInfo = `${fz.layers.length} lowers, ${fz.layers.reduce((n, l) => n + l.length, 0)} layer entries`;
+      if (!d) {
+        log(`seed ${seed}: ok (${keep.length} operations, ${layerInfo})`);
+        return;
+      }
+      if (d.stage === 'harness') {
+        harnessFailures++;
+        log(`seed ${seed}: HARNESS FAILURE\n${d.detail}`);
+        return;
+      }
+      const known = seenSignatures.get(d.signature);
+      if (known) {
+        known.push(seed);
+        log(`seed ${seed}: divergence ${d.signature} at operation ${d.step} (seen before, with seed ${known[0]}; not shrunk)`);
+        reports.push({ seed, lowers, generated, ops, keep: keep.slice(0, d.step + 1), divergence: d });
+        return;
+      }
+      seenSignatures.set(d.signature, [seed]);
+      let report: Report = { seed, lowers, generated, ops, keep: replay || args.keep ? keep : keep.slice(0, Math.min(keep.length, d.step + 1)), divergence: d };
+      if (d.step >= keep.length) report.keep = keep;
+      if (args.shrink && !replay && !args.keepGoing) {
+        log(`seed ${seed}: divergence ${d.signature} at operation ${d.step}; shrinking`);
+        const sub = report.keep.map((k) => ops[k]);
+        const s = await fz.shrink(sub, { ...d, step: d.step >= keep.length ? sub.length : d.step }, args.shrinkSeconds * 1000, log);
+        report = { ...report, keep: s.keep.map((i) => report.keep[i]), divergence: s.divergence };
+      }
+      reports.push(report);
+      log(formatReport(report));
+      log(`  saved: ${save(args.out, report, fz.layers)} (run it with --replay FILE)`);
+    } finally {
+      await fz.dispose();
+    }
+  };
+
+  if (args.replay) {
+    const saved = JSON.parse(readFileSync(args.replay, 'utf8')) as Saved;
+    await runSeed(saved.seed, saved);
+  } else if (args.seconds === undefined) {
+    await runSeed(args.seed ?? 1);
+  } else {
+    let seed = args.seed ?? (Date.now() % 1000000000);
+    while (!stopping && Date.now() - started < args.seconds * 1000) await runSeed(seed++);
+  }
+
+  const left = leftoverMounts();
+  log(`\nfuzz: ${sequences} sequences, ${operations} operations in ${Math.round((Date.now() - started) / 1000)} s; ` +
+    `${reports.length} divergent sequences, ${seenSignatures.size} distinct${harnessFailures ? `, ${harnessFailures} harness failures` : ''}`);
+  for (const [sig, seeds] of seenSignatures) {
+    const r = reports.find((x) => x.seed === seeds[0] && x.divergence.signature === sig) ?? reports.find((x) => x.seed === seeds[0]);
+    log(`  ${sig}: ${seeds.length} sequence(s), seeds ${seeds.slice(0, 8).join(' ')}${seeds.length > 8 ? ' ...' : ''}${r ? `; ${reproCommand(r)}` : ''}`);
+  }
+  if (left.length > 0) {
+    log(`fuzz: mounts left behind: ${left.join(' ')}`);
+    return 2;
+  }
+  if (harnessFailures > 0) return 2;
+  return reports.length > 0 ? 1 : 0;
+}
+
+// `node --test dist/test/` loads every file under test/ as a test: run only when started directly.
+if (require.main === module && process.env.NODE_TEST_CONTEXT === undefined) {
+  main().then(
+    (code) => process.exit(code),
+    (err) => {
+      process.stderr.write(`fuzz: ${(err as Error)?.stack ?? String(err)}\n`);
+      process.exit(2);
+    },
+  );
+}

@@ -1,0 +1,643 @@
+/**
+ * Seeded generators for differential fuzzing against kernel overlayfs: layer sets in the
+ * kernel's on-disk format and operation sequences on the merged view.
+ *
+ * Everything here is a pure function of the seed (and, for operations, of the merged view the
+ * oracle shows at that step), so a seed reproduces exactly. No dependencies.
+ */
+import { chmodSync, closeSync, ftruncateSync, lchownSync, linkSync, mkdirSync, openSync, symlinkSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { lsetxattr, lutimens, mknod } from '../../src/sys/libc';
+import { AVOID } from './differences';
+import { avoidKnown } from './known-bugs';
+
+// ---------------------------------------------------------------------------------------------
+// PRNG
+
+/** mulberry32: a small, fast 32-bit PRNG; good enough to pick fuzzing choices. */
+export class Rng {
+  private s: number;
+
+  constructor(seed: number) {
+    this.s = (seed >>> 0) ^ 0x6d2b79f5;
+    // Warm up, so that seeds 1, 2, 3 do not start alike.
+    for (let i = 0; i < 4; i++) this.u32();
+  }
+
+  u32(): number {
+    this.s = (this.s + 0x6d2b79f5) >>> 0;
+    let t = this.s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  }
+
+  /** Uniform in [0, 1). */
+  float(): number {
+    return this.u32() / 4294967296;
+  }
+
+  /** Integer in [lo, hi] (inclusive). */
+  int(lo: number, hi: number): number {
+    return lo + Math.floor(this.float() * (hi - lo + 1));
+  }
+
+  chance(p: number): boolean {
+    return this.float() < p;
+  }
+
+  pick<T>(items: readonly T[]): T {
+    if (items.length === 0) throw new Error('pick from nothing');
+    return items[Math.floor(this.float() * items.length)];
+  }
+
+  /** Picks by weight: [[weight, value], ...]. */
+  weighted<T>(choices: readonly (readonly [number, T])[]): T {
+    const total = choices.reduce((n, [w]) => n + w, 0);
+    let r = this.float() * total;
+    for (const [w, v] of choices) {
+      if ((r -= w) < 0) return v;
+    }
+    return choices[choices.length - 1][1];
+  }
+
+  /** A derived generator: its own stream, so adding draws here does not shift it. */
+  fork(salt: number): Rng {
+    return new Rng((this.u32() ^ Math.imul(salt, 0x9e3779b1)) >>> 0);
+  }
+}
+
+/** Deterministic bytes for data: `n` bytes from seed `s` (a short repeating pattern when s < 0). */
+export function dataBytes(s: number, n: number): Buffer {
+  const buf = Buffer.alloc(n);
+  if (s < 0) {
+    for (let i = 0; i < n; i++) buf[i] = 0x41 + ((i - s) % 26);
+    return buf;
+  }
+  const r = new Rng(s);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) buf.writeUInt32LE(r.u32(), i);
+  for (; i < n; i++) buf[i] = r.u32() & 0xff;
+  return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+export interface Timespec { sec: number; nsec: number }
+
+export type LayerEntry =
+  | { kind: 'file'; size: number; data: number; sparseAt?: number; mode: number; uid: number; gid: number; mtime: Timespec; xattrs: Record<string, string> }
+  | { kind: 'dir'; mode: number; uid: number; gid: number; mtime: Timespec; xattrs: Record<string, string>; opaque: boolean }
+  | { kind: 'symlink'; target: string; uid: number; gid: number; mtime: Timespec }
+  | { kind: 'hardlink'; to: string }
+  | { kind: 'fifo'; mode: number; uid: number; gid: number; mtime: Timespec }
+  | { kind: 'whiteout' };
+
+/** One lower layer: relative paths in creation order (parents first). */
+export type LayerSpec = [string, LayerEntry][];
+
+/** Names shared by all layers, so that layers collide: merges, hiding, whiteouts. */
+export const NAMES = ['a', 'b', 'c', 'd', 'sub', 'dir', 'with space', 'ünï ✓', 'co:lon', '-dash', '.hid', 'x'] as const;
+/** Names for new entries made by operations: the shared names (some whited out below) and fresh ones. */
+const NEW_NAMES = [...NAMES, 'n1', 'n2', 'new file', 'ñ:2', '-n3'] as const;
+
+const FILE_MODES = [0o644, 0o644, 0o600, 0o755, 0o4755, 0o2755, 0o000, 0o444, 0o640, 0o777, 0o1644];
+const DIR_MODES = [0o755, 0o755, 0o755, 0o700, 0o1777, 0o2775, 0o555, 0o750, 0o000];
+const FIFO_MODES = [0o644, 0o600, 0o666];
+const IDS = [0, 0, 0, 1000, 65534, 12345];
+export const XATTR_NAMES = ['user.a', 'user.color', 'user.empty', 'user.long'] as const;
+/** 2001-01-01 .. 2021-01-01: every generated time is before any clock time of a run. */
+const T_LO = 978307200;
+const T_HI = 1609459200;
+/** Times at or after this come from the clock during a run, not from layers or utimes. */
+export const FRESH_TIME_MS = Date.UTC(2022, 0, 1);
+
+function time(r: Rng): Timespec {
+  return { sec: r.int(T_LO, T_HI), nsec: r.chance(0.2) ? r.pick([0, 999999999, 500000]) : r.int(0, 999999999) };
+}
+
+function xattrValue(r: Rng, name: string): string {
+  if (name === 'user.empty') return '';
+  if (name === 'user.long') return 'L'.repeat(r.int(200, 400));
+  return r.pick(['blue', 'red', 'v', 'ünï', 'x'.repeat(r.int(1, 40))]);
+}
+
+function xattrs(r: Rng): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (r.chance(0.25)) {
+    for (const n of XATTR_NAMES) if (r.chance(0.4)) out[n] = xattrValue(r, n);
+  }
+  return out;
+}
+
+function fileSize(r: Rng): number {
+  return r.weighted([
+    [3, 0],
+    [8, r.int(1, 64)],
+    [6, r.int(65, 8192)],
+    [2, r.int(8193, 200000)],
+  ]);
+}
+
+/**
+ * A symlink target that cannot leave the test's own directories: no absolute target that
+ * exists, and at most 3 `..` (each side's mountpoint sits 3 empty private directories deep).
+ */
+export function symlinkTarget(r: Rng): string {
+  return r.weighted([
+    [4, r.pick(NAMES)],
+    [3, `${r.pick(NAMES)}/${r.pick(NAMES)}`],
+    [3, `../${r.pick(NAMES)}`],
+    [1, `../../${r.pick(NAMES)}/${r.pick(NAMES)}`],
+    [1, `../../../${r.pick(NAMES)}`],
+    [2, `/nonexistent-tsovl-fuzz/${r.pick(NAMES)}`],
+    [1, 'nowhere/at/all'],
+    [1, '.'],
+  ]);
+}
+
+/**
+ * Directories in the merged view, as the kernel resolves them (lowers only): the layers that
+ * make up each visible directory, top first. Used to place whiteouts only where they mean
+ * something (see differences.ts: whiteouts in unmerged directories).
+ */
+export function mergedDirLayers(layers: readonly LayerSpec[]): Map<string, number[]> {
+  const maps = layers.map((l) => new Map(l));
+  const out = new Map<string, number[]>();
+  out.set('', layers.map((_, i) => i));
+  const kindAt = (i: number, p: string): 'dir' | 'other' | 'whiteout' | undefined => {
+    const e = maps[i].get(p);
+    if (!e) return undefined;
+    if (e.kind === 'dir') return 'dir';
+    if (e.kind === 'whiteout') return 'whiteout';
+    return 'other';
+  };
+  const visit = (dir: string, dirLayers: number[]) => {
+    const names = new Set<string>();
+    for (const i of dirLayers) {
+      for (const [p] of layers[i]) {
+        const slash = p.lastIndexOf('/');
+        const parent = slash < 0 ? '' : p.slice(0, slash);
+        if (parent === dir) names.add(p.slice(slash + 1));
+      }
+    }
+    for (const name of [...names].sort()) {
+      const p = dir === '' ? name : `${dir}/${name}`;
+      const found: number[] = [];
+      for (const i of dirLayers) {
+        const k = kindAt(i, p);
+        if (k === undefined) continue;
+        if (k === 'whiteout') break;
+        if (k === 'other') break;
+        found.push(i);
+        const e = maps[i].get(p) as { opaque: boolean };
+        if (e.opaque) break;
+      }
+      // A non-directory above the first directory hides it: then p is not a directory.
+      const firstAny = dirLayers.find((i) => kindAt(i, p) !== undefined);
+      if (found.length > 0 && firstAny === found[0]) {
+        out.set(p, found);
+        visit(p, found);
+      }
+    }
+  };
+  visit('', out.get('')!);
+  return out;
+}
+
+/** A random set of 1..maxLowers lower layers (top first), in the kernel's format. */
+export function generateLayers(seed: number, lowers?: number): LayerSpec[] {
+  const r = new Rng(seed).fork(1);
+  const n = lowers ?? r.int(1, 5);
+  const layers: LayerSpec[] = [];
+  for (let li = 0; li < n; li++) {
+    const layer: LayerSpec = [];
+    const files: string[] = [];
+    const gen = (dir: string, depth: number) => {
+      const count = depth === 0 ? r.int(2, 7) : r.int(0, 4);
+      const names = new Set<string>();
+      for (let k = 0; k < count; k++) names.add(r.pick(NAMES));
+      for (const name of names) {
+        const p = dir === '' ? name : `${dir}/${name}`;
+        const kind = r.weighted([
+          [depth < 3 ? 30 : 0, 'dir'],
+          [40, 'file'],
+          [9, 'symlink'],
+          [4, 'fifo'],
+          [files.length > 0 ? 6 : 0, 'hardlink'],
+          [12, 'whiteout'],
+        ] as const);
+        switch (kind) {
+          case 'dir':
+            layer.push([p, {
+              kind: 'dir', mode: r.pick(DIR_MODES), uid: r.pick(IDS), gid: r.pick(IDS), mtime: time(r), xattrs: xattrs(r),
+              opaque: depth > 0 && r.chance(0.12),
+            }]);
+            gen(p, depth + 1);
+            break;
+          case 'file': {
+            const sparse = r.chance(0.05);
+            const size = sparse ? r.int(1, 4) * 1024 * 1024 + r.int(0, 4095) : fileSize(r);
+            layer.push([p, {
+              kind: 'file', size, data: r.u32(), sparseAt: sparse ? r.int(0, size - 1) : undefined,
+              mode: r.pick(FILE_MODES), uid: r.pick(IDS), gid: r.pick(IDS), mtime: time(r), xattrs: xattrs(r),
+            }]);
+            files.push(p);
+            break;
+          }
+          case 'symlink':
+            layer.push([p, { kind: 'symlink', target: symlinkTarget(r), uid: r.pick(IDS), gid: r.pick(IDS), mtime: time(r) }]);
+            break;
+          case 'fifo':
+            layer.push([p, { kind: 'fifo', mode: r.pick(FIFO_MODES), uid: r.pick(IDS), gid: r.pick(IDS), mtime: time(r) }]);
+            break;
+          case 'hardlink':
+            layer.push([p, { kind: 'hardlink', to: r.pick(files) }]);
+            break;
+          case 'whiteout':
+            layer.push([p, { kind: 'whiteout' }]);
+            break;
+        }
+      }
+    };
+    gen('', 0);
+    layers.push(layer);
+  }
+  // Whiteouts only inside directories the kernel merges (see differences.ts); repeat until
+  // stable, as dropping one can merge more.
+  for (;;) {
+    const merged = mergedDirLayers(layers);
+    let dropped = false;
+    layers.forEach((layer, li) => {
+      for (let k = layer.length - 1; k >= 0; k--) {
+        const [p, e] = layer[k];
+        if (e.kind !== 'whiteout') continue;
+        const slash = p.lastIndexOf('/');
+        const parent = slash < 0 ? '' : p.slice(0, slash);
+        const dl = merged.get(parent);
+        if (AVOID.whiteoutInUnmergedDir && parent !== '' && !(dl && dl.length > 1 && dl.includes(li))) {
+          layer.splice(k, 1);
+          dropped = true;
+        }
+      }
+    });
+    if (!dropped) break;
+  }
+  return layers;
+}
+
+const S_IFCHR = 0o020000;
+const S_IFIFO = 0o010000;
+
+/** Writes one layer to disk. Times are set last, deepest first (creating children changes a dir's mtime). */
+export function buildLayer(root: string, spec: LayerSpec): void {
+  mkdirSync(root, { recursive: true });
+  const times: [string, Timespec][] = [];
+  for (const [rel, e] of spec) {
+    const p = join(root, rel);
+    switch (e.kind) {
+      case 'dir':
+        mkdirSync(p);
+        if (e.opaque) lsetxattr(p, 'trusted.overlay.opaque', Buffer.from('y'));
+        break;
+      case 'file': {
+        const fd = openSync(p, 'wx');
+        try {
+          if (e.sparseAt !== undefined) {
+            writeSync(fd, dataBytes(e.data, 4096), 0, 4096, e.sparseAt);
+            ftruncateSync(fd, e.size);
+          } else if (e.size > 0) {
+            writeSync(fd, dataBytes(e.data, e.size));
+          }
+        } finally {
+          closeSync(fd);
+        }
+        break;
+      }
+      case 'symlink':
+        symlinkSync(e.target, p);
+        break;
+      case 'hardlink':
+        linkSync(join(root, e.to), p);
+        break;
+      case 'fifo':
+        mknod(p, S_IFIFO | e.mode, 0);
+        break;
+      case 'whiteout':
+        mknod(p, S_IFCHR, 0);
+        break;
+    }
+    if (e.kind === 'file' || e.kind === 'dir') {
+      for (const [name, value] of Object.entries(e.xattrs)) lsetxattr(p, name, Buffer.from(value));
+    }
+    if (e.kind === 'file' || e.kind === 'dir' || e.kind === 'symlink' || e.kind === 'fifo') {
+      lchownSync(p, e.uid, e.gid);
+      // chown clears set-id bits: the mode goes last. Symlinks have no mode of their own.
+      if (e.kind !== 'symlink') chmodSync(p, e.mode);
+      times.push([p, e.mtime]);
+    }
+  }
+  times.push([root, { sec: T_LO, nsec: 0 }]);
+  for (const [p, t] of times.reverse()) lutimens(p, { sec: t.sec - 86400, nsec: t.nsec }, t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+/** Open flags by name, so that sequences print and serialize readably. */
+export type OpenFlag = 'RDONLY' | 'WRONLY' | 'RDWR' | 'CREAT' | 'EXCL' | 'TRUNC' | 'APPEND';
+
+/** Data written: `n` bytes of dataBytes(s, n). */
+export interface Data { s: number; n: number }
+
+export type Op =
+  | { t: 'open'; slot: number; path: string; flags: OpenFlag[]; mode: number }
+  | { t: 'close'; slot: number }
+  | { t: 'read'; slot: number; pos: number | null; len: number }
+  | { t: 'write'; slot: number; pos: number | null; data: Data }
+  | { t: 'ftruncate'; slot: number; size: number }
+  | { t: 'fstat'; slot: number }
+  | { t: 'readFile'; path: string }
+  | { t: 'writeFile'; path: string; data: Data; mode: number }
+  | { t: 'append'; path: string; data: Data }
+  | { t: 'truncate'; path: string; size: number }
+  | { t: 'mkdir'; path: string; mode: number }
+  | { t: 'rmdir'; path: string }
+  | { t: 'unlink'; path: string }
+  | { t: 'rename'; from: string; to: string }
+  | { t: 'link'; from: string; to: string }
+  | { t: 'symlink'; target: string; path: string }
+  | { t: 'mkfifo'; path: string; mode: number }
+  | { t: 'chmod'; path: string; mode: number }
+  | { t: 'chown'; path: string; uid: number; gid: number; follow: boolean }
+  | { t: 'utimes'; path: string; atime: Timespec; mtime: Timespec; follow: boolean }
+  | { t: 'setxattr'; path: string; name: string; value: string; flags: 0 | 1 | 2 }
+  | { t: 'removexattr'; path: string; name: string }
+  | { t: 'getxattr'; path: string; name: string }
+  | { t: 'stat'; path: string }
+  | { t: 'readdir'; path: string }
+  | { t: 'readdirDuring'; path: string; inner: Op };
+
+/** What the generator needs to know of the current merged view (from the oracle). */
+export interface ViewInfo {
+  /** Every path ('' excluded) with its type: dir, file, symlink, fifo, ... */
+  readonly types: ReadonlyMap<string, string>;
+  /** Sizes of regular files. */
+  readonly sizes: ReadonlyMap<string, number>;
+  /** Paths present in the lower layers at the start (never changed by the sequence). */
+  readonly lowerPaths: readonly string[];
+  /** Paths where a lower layer holds a whiteout. */
+  readonly lowerWhiteouts: ReadonlySet<string>;
+  /** Paths that are hard links of one file share a number here. */
+  readonly linkGroup: ReadonlyMap<string, number>;
+  /** Modes (permission bits) by path. */
+  readonly modes: ReadonlyMap<string, number>;
+  /**
+   * Descriptor slots: null (closed), 'open', or 'orphan' (the name it was opened by was
+   * unlinked or renamed over since; see known-bugs.ts: io-after-unlink).
+   */
+  readonly slots: readonly ('open' | 'orphan' | null)[];
+  /** The names the open slots were opened by (symlinks resolved). */
+  readonly openNames: ReadonlySet<string>;
+}
+
+export const SLOTS = 4;
+
+const NEW_FILE_MODES = [0o644, 0o600, 0o755, 0o4755, 0o000, 0o666, 0o2644];
+const NEW_DIR_MODES = [0o755, 0o700, 0o1777, 0o2775, 0o555, 0o000];
+
+function dataOf(r: Rng): Data {
+  return { s: r.chance(0.3) ? -r.int(1, 25) : r.u32(), n: r.weighted([[2, 0], [6, r.int(1, 100)], [4, r.int(100, 9000)], [1, r.int(60000, 150000)]]) };
+}
+
+/**
+ * Generates operations. Paths come mostly from the current merged view (so most operations
+ * succeed), sometimes from the lower layers' paths (whited out or renamed since) or made up.
+ */
+export class OpGenerator {
+  constructor(private readonly r: Rng) {}
+
+  private existing(v: ViewInfo, pred: (type: string) => boolean = () => true): string | null {
+    const all = [...v.types].filter(([, t]) => pred(t)).map(([p]) => p);
+    return all.length === 0 ? null : this.r.pick(all);
+  }
+
+  private dirs(v: ViewInfo): string[] {
+    return ['', ...[...v.types].filter(([, t]) => t === 'dir').map(([p]) => p)];
+  }
+
+  /** Any path: mostly existing, sometimes gone or made up. */
+  private anyPath(v: ViewInfo, pred?: (type: string) => boolean): string {
+    const r = this.r;
+    const choice = r.weighted([[14, 'existing'], [2, 'lower'], [2, 'new'], [1, 'bogus']] as const);
+    if (choice === 'existing') {
+      const p = this.existing(v, pred);
+      if (p !== null) return p;
+    }
+    if (choice === 'lower' && v.lowerPaths.length > 0) return r.pick(v.lowerPaths);
+    if (choice === 'bogus') {
+      // Under a non-directory (ENOTDIR), or deeper than anything.
+      const f = this.existing(v, (t) => t !== 'dir');
+      return f !== null && r.chance(0.5) ? `${f}/${r.pick(NAMES)}` : `${r.pick(NAMES)}/${r.pick(NAMES)}/${r.pick(NAMES)}/${r.pick(NAMES)}`;
+    }
+    return this.newPath(v);
+  }
+
+  /** A name for something new: in an existing directory, often free, sometimes taken. */
+  private newPath(v: ViewInfo): string {
+    const r = this.r;
+    const dir = r.chance(0.85) ? r.pick(this.dirs(v)) : (this.existing(v) ?? '');
+    const name = r.pick(NEW_NAMES);
+    return dir === '' ? name : `${dir}/${name}`;
+  }
+
+  private file(v: ViewInfo): string {
+    return this.anyPath(v, (t) => t === 'file' || (this.r.chance(0.15) && t !== 'fifo'));
+  }
+
+  private openFlags(): OpenFlag[] {
+    const r = this.r;
+    const flags: OpenFlag[] = [r.weighted([[4, 'RDONLY'], [3, 'WRONLY'], [4, 'RDWR']] as const)];
+    if (r.chance(0.35)) flags.push('CREAT');
+    if (flags.includes('CREAT') && r.chance(0.3)) flags.push('EXCL');
+    if (r.chance(0.2)) flags.push('TRUNC');
+    if (r.chance(0.2)) flags.push('APPEND');
+    return flags;
+  }
+
+  /** An open descriptor slot, its name still there or not (I/O after unlink is exercised). */
+  private openSlot(v: ViewInfo): number | null {
+    const ok = (s: string | null) => s === 'open' || s === 'orphan';
+    const open = v.slots.flatMap((s, i) => (ok(s) ? [i] : []));
+    return open.length === 0 ? null : this.r.pick(open);
+  }
+
+  private time(): Timespec {
+    return time(this.r);
+  }
+
+  /** The next operation(s): usually one, a few for the stale-descriptor scenario. */
+  next(v: ViewInfo): Op[] {
+    const r = this.r;
+    const slot = this.openSlot(v);
+    const closable = this.openSlot(v);
+    const kind = r.weighted([
+      [10, 'open'], [closable !== null ? 4 : 0, 'close'], [slot !== null ? 9 : 0, 'read'], [slot !== null ? 8 : 0, 'write'],
+      [slot !== null ? 2 : 0, 'ftruncate'], [slot !== null ? 2 : 0, 'fstat'], [3, 'readFile'], [6, 'writeFile'],
+      [4, 'append'], [4, 'truncate'], [6, 'mkdir'], [4, 'rmdir'], [6, 'unlink'], [9, 'rename'], [4, 'link'], [4, 'symlink'],
+      [2, 'mkfifo'], [4, 'chmod'], [3, 'chown'], [3, 'utimes'], [4, 'setxattr'], [3, 'removexattr'], [1, 'getxattr'],
+      [2, 'stat'], [3, 'readdir'], [2, 'readdirDuring'], [3, 'staleFd'],
+    ] as const);
+    switch (kind) {
+      case 'open': {
+        const free = v.slots.flatMap((s, i) => (s === null ? [i] : []));
+        return [{ t: 'open', slot: free.length > 0 ? r.pick(free) : r.int(0, SLOTS - 1), path: r.chance(0.75) ? this.file(v) : this.newPath(v), flags: this.openFlags(), mode: r.pick(NEW_FILE_MODES) }];
+      }
+      case 'close':
+        return [{ t: 'close', slot: closable! }];
+      case 'read':
+        return [{ t: 'read', slot: slot!, pos: r.chance(0.3) ? null : r.int(0, 9000), len: r.pick([1, 100, 4096, 70000]) }];
+      case 'write':
+        return [{ t: 'write', slot: slot!, pos: r.chance(0.3) ? null : r.weighted([[4, r.int(0, 5000)], [1, r.int(100000, 3000000)]]), data: dataOf(r) }];
+      case 'ftruncate':
+        return [{ t: 'ftruncate', slot: slot!, size: r.pick([0, 1, 100, 5000, 70000]) }];
+      case 'fstat':
+        return [{ t: 'fstat', slot: slot! }];
+      case 'readFile':
+        return [{ t: 'readFile', path: this.file(v) }];
+      case 'writeFile':
+        return [{ t: 'writeFile', path: r.chance(0.5) ? this.file(v) : this.newPath(v), data: dataOf(r), mode: r.pick(NEW_FILE_MODES) }];
+      case 'append':
+        return [{ t: 'append', path: this.file(v), data: dataOf(r) }];
+      case 'truncate':
+        return [{ t: 'truncate', path: this.file(v), size: r.pick([0, 0, 1, 10, 4096, 100000, 3000000]) }];
+      case 'mkdir': {
+        return [{ t: 'mkdir', path: r.chance(0.85) ? this.newPath(v) : this.anyPath(v), mode: r.pick(NEW_DIR_MODES) }];
+      }
+      case 'rmdir':
+        return [{ t: 'rmdir', path: this.anyPath(v, (t) => t === 'dir' || r.chance(0.1)) }];
+      case 'unlink': {
+        const path = this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1));
+        // known-bugs.ts nlink-while-open
+        return avoidKnown('nlink-while-open') && v.openNames.has(path) ? [] : [{ t: 'unlink', path }];
+      }
+      case 'rename': {
+        const from = this.anyPath(v);
+        let to: string;
+        const how = r.weighted([[5, 'new'], [3, 'over'], [1, 'into-itself'], [1, 'any']] as const);
+        if (how === 'into-itself') to = `${from}/${r.pick(NEW_NAMES)}`;
+        else if (how === 'over') to = this.existing(v, (t) => (v.types.get(from) === 'dir') === (t === 'dir') || r.chance(0.2)) ?? this.newPath(v);
+        else if (how === 'new') to = this.newPath(v);
+        else to = this.anyPath(v);
+        // known-bugs.ts rename-lower-hardlinks
+        // differences.ts failed-rename-opaque: no directory over a non-empty directory.
+        if (AVOID.failedRenameOpaque && v.types.get(from) === 'dir' && v.types.get(to) === 'dir' &&
+          [...v.types.keys()].some((p) => p.startsWith(`${to}/`))) return [];
+        return [{ t: 'rename', from, to }];
+      }
+      case 'link':
+        return [{ t: 'link', from: this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1)), to: r.chance(0.85) ? this.newPath(v) : this.anyPath(v) }];
+      case 'symlink':
+        return [{ t: 'symlink', target: symlinkTarget(r), path: r.chance(0.85) ? this.newPath(v) : this.anyPath(v) }];
+      case 'mkfifo':
+        return [{ t: 'mkfifo', path: r.chance(0.85) ? this.newPath(v) : this.anyPath(v), mode: r.pick(FIFO_MODES) }];
+      case 'chmod':
+        return [{ t: 'chmod', path: this.anyPath(v, (t) => t !== 'symlink' || r.chance(0.3)), mode: r.pick([...FILE_MODES, ...DIR_MODES]) }];
+      case 'chown': {
+        const uid = r.pick([...IDS, -1]);
+        // differences.ts noop-chown: chown(-1, -1) never reaches ts-overlayfs.
+        const gid = uid === -1 ? r.pick(IDS) : r.pick([...IDS, -1]);
+        return [{ t: 'chown', path: this.anyPath(v), uid, gid, follow: r.chance(0.5) }];
+      }
+      case 'utimes':
+        return [{ t: 'utimes', path: this.anyPath(v), atime: this.time(), mtime: this.time(), follow: r.chance(0.4) }];
+      case 'setxattr': {
+        const name = r.pick(XATTR_NAMES);
+        return [{ t: 'setxattr', path: this.anyPath(v), name, value: xattrValue(r, name), flags: r.weighted([[6, 0], [1, 1], [1, 2]] as const) }];
+      }
+      case 'removexattr':
+        return [{ t: 'removexattr', path: this.anyPath(v), name: r.pick(XATTR_NAMES) }];
+      case 'getxattr':
+        return [{ t: 'getxattr', path: this.anyPath(v), name: r.pick(XATTR_NAMES) }];
+      case 'stat':
+        return [{ t: 'stat', path: this.anyPath(v) }];
+      case 'readdir':
+        return [{ t: 'readdir', path: this.anyPath(v, (t) => t === 'dir' || r.chance(0.05)) }];
+      case 'readdirDuring': {
+        const dir = r.pick(this.dirs(v));
+        const inDir = [...v.types.keys()].filter((p) => p.startsWith(dir === '' ? '' : `${dir}/`) && !p.slice(dir.length + 1).includes('/'));
+        const victim = inDir.length > 0 ? r.pick(inDir) : null;
+        const name = r.pick(NEW_NAMES);
+        const fresh = dir === '' ? name : `${dir}/${name}`;
+        const inner: Op = r.weighted([
+          [3, { t: 'writeFile', path: fresh, data: dataOf(r), mode: 0o644 }],
+          [2, { t: 'mkdir', path: fresh, mode: 0o755 }],
+          [victim !== null ? 3 : 0, { t: 'unlink', path: victim ?? fresh }],
+          [victim !== null ? 3 : 0, { t: 'rename', from: victim ?? fresh, to: fresh }],
+          [victim !== null ? 2 : 0, { t: 'rmdir', path: victim ?? fresh }],
+        ] as const);
+        return [{ t: 'readdirDuring', path: dir, inner }];
+      }
+      case 'staleFd': {
+        // A descriptor opened read-only before a copy-up, then the file changes through
+        // another descriptor or by path; then read (and fstat) through the old one.
+        const f = this.existing(v, (t) => t === 'file');
+        if (f === null) return [];
+        const a = r.int(0, SLOTS - 1);
+        let b = r.int(0, SLOTS - 2);
+        if (b >= a) b++;
+        const ops: Op[] = [{ t: 'open', slot: a, path: f, flags: ['RDONLY'], mode: 0 }];
+        if (r.chance(0.5)) ops.push({ t: 'read', slot: a, pos: 0, len: 100 });
+        const change = r.weighted([[4, 'fd'], [2, 'path'], [1, 'truncate'], [1, 'chmod']] as const);
+        if (change === 'fd') {
+          ops.push({ t: 'open', slot: b, path: f, flags: r.pick([['RDWR'], ['WRONLY'], ['WRONLY', 'APPEND'], ['RDWR', 'TRUNC']] as OpenFlag[][]), mode: 0 });
+          ops.push({ t: 'write', slot: b, pos: r.chance(0.5) ? 0 : null, data: dataOf(r) });
+        } else if (change === 'path') {
+          ops.push({ t: 'writeFile', path: f, data: dataOf(r), mode: 0o644 });
+        } else if (change === 'truncate') {
+          ops.push({ t: 'truncate', path: f, size: r.pick([0, 3, 5000]) });
+        } else {
+          ops.push({ t: 'chmod', path: f, mode: 0o600 });
+        }
+        ops.push({ t: 'read', slot: a, pos: 0, len: 70000 });
+        if (r.chance(0.5)) ops.push({ t: 'fstat', slot: a });
+        return ops;
+      }
+    }
+  }
+}
+
+/** One line per operation, for reports. */
+export function describeOp(op: Op): string {
+  const q = (p: string) => JSON.stringify(p);
+  const d = (x: Data) => `${x.n} bytes`;
+  switch (op.t) {
+    case 'open': return `fd${op.slot} = open(${q(op.path)}, ${op.flags.join('|')}${op.flags.includes('CREAT') ? `, 0${op.mode.toString(8)}` : ''})`;
+    case 'close': return `close(fd${op.slot})`;
+    case 'read': return `read(fd${op.slot}, ${op.len}${op.pos === null ? '' : ` @${op.pos}`})`;
+    case 'write': return `write(fd${op.slot}, ${d(op.data)}${op.pos === null ? '' : ` @${op.pos}`})`;
+    case 'ftruncate': return `ftruncate(fd${op.slot}, ${op.size})`;
+    case 'fstat': return `fstat(fd${op.slot})`;
+    case 'readFile': return `readFile(${q(op.path)})`;
+    case 'writeFile': return `writeFile(${q(op.path)}, ${d(op.data)}, 0${op.mode.toString(8)})`;
+    case 'append': return `append(${q(op.path)}, ${d(op.data)})`;
+    case 'truncate': return `truncate(${q(op.path)}, ${op.size})`;
+    case 'mkdir': return `mkdir(${q(op.path)}, 0${op.mode.toString(8)})`;
+    case 'rmdir': return `rmdir(${q(op.path)})`;
+    case 'unlink': return `unlink(${q(op.path)})`;
+    case 'rename': return `rename(${q(op.from)}, ${q(op.to)})`;
+    case 'link': return `link(${q(op.from)}, ${q(op.to)})`;
+    case 'symlink': return `symlink(${q(op.target)}, ${q(op.path)})`;
+    case 'mkfifo': return `mkfifo(${q(op.path)}, 0${op.mode.toString(8)})`;
+    case 'chmod': return `chmod(${q(op.path)}, 0${op.mode.toString(8)})`;
+    case 'chown': return `${op.follow ? 'chown' : 'lchown'}(${q(op.path)}, ${op.uid}, ${op.gid})`;
+    case 'utimes': return `${op.follow ? 'utimes' : 'lutimes'}(${q(op.path)}, ${op.atime.sec}.${op.atime.nsec}, ${op.mtime.sec}.${op.mtime.nsec})`;
+    case 'setxattr': return `lsetxattr(${q(op.path)}, ${op.name}, ${op.value.length} bytes, flags=${op.flags})`;
+    case 'removexattr': return `lremovexattr(${q(op.path)}, ${op.name})`;
+    case 'getxattr': return `lgetxattr(${q(op.path)}, ${op.name})`;
+    case 'stat': return `stat(${q(op.path)})`;
+    case 'readdir': return `readdir(${q(op.path)})`;
+    case 'readdirDuring': return `readdir(${q(op.path)}) around ${describeOp(op.inner)}`;
+  }
+}

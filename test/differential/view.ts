@@ -1,0 +1,230 @@
+/**
+ * Pictures of a merged view and of an upper layer, and their comparison, for the
+ * differential fuzzer. Times follow the rules in differences.ts (ms-times, fresh-times).
+ */
+import { createHash } from 'node:crypto';
+import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, type BigIntStats } from 'node:fs';
+import { join } from 'node:path';
+import { isWhiteoutStat } from '../../src/overlay/format';
+import { lgetxattr, lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
+import { FRESH_TIME_MS } from './generate';
+
+export function typeOf(mode: number): string {
+  switch (mode & 0o170000) {
+    case 0o040000: return 'dir';
+    case 0o100000: return 'file';
+    case 0o120000: return 'symlink';
+    case 0o010000: return 'fifo';
+    case 0o020000: return 'chr';
+    case 0o060000: return 'blk';
+    case 0o140000: return 'sock';
+    default: return 'unknown';
+  }
+}
+
+/** mtime in whole milliseconds, or 'fresh' for a time from the clock during the run. */
+export function mtimeOf(st: BigIntStats): string {
+  const ms = Number(st.mtimeNs / 1_000_000n);
+  return ms >= FRESH_TIME_MS ? 'fresh' : String(ms);
+}
+
+export function sha(buf: Buffer): string {
+  return createHash('sha256').update(buf).digest('hex').slice(0, 16);
+}
+
+const CHUNK = Buffer.alloc(1 << 20);
+
+/** Reads a whole file without blocking on a fifo; returns [length, hash]. */
+export function readAll(path: string): [number, string] {
+  const fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOFOLLOW);
+  try {
+    const h = createHash('sha256');
+    let total = 0;
+    for (;;) {
+      const n = readSync(fd, CHUNK, 0, CHUNK.length, null);
+      if (n === 0) break;
+      h.update(CHUNK.subarray(0, n));
+      total += n;
+    }
+    return [total, h.digest('hex').slice(0, 16)];
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export interface ViewEntry {
+  type: string;
+  mode: string;
+  uid: number;
+  gid: number;
+  nlink: number;
+  size: number;
+  mtime: string;
+  target?: string;
+  data?: string;
+  xattrs: string[];
+}
+
+export interface View {
+  entries: Map<string, ViewEntry>;
+  /** Names sharing an st_ino, groups of two or more, sorted. */
+  linkGroups: string[][];
+}
+
+function xattrsOf(p: string): string[] {
+  return llistxattr(p).sort().map((n) => `${n}=${lgetxattr(p, n).toString('base64')}`);
+}
+
+/** The merged view under `root`: every path, never following symlinks. */
+export function takeView(root: string, opts: { exactTimes?: boolean } = {}): View {
+  const entries = new Map<string, ViewEntry>();
+  const byIno = new Map<bigint, string[]>();
+  const walk = (rel: string) => {
+    const p = rel === '' ? root : join(root, rel);
+    const st = lstatSync(p, { bigint: true });
+    const type = typeOf(Number(st.mode));
+    const e: ViewEntry = {
+      type,
+      mode: (Number(st.mode) & 0o7777).toString(8),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      nlink: Number(st.nlink),
+      mtime: opts.exactTimes ? String(st.mtimeNs / 1_000_000n) : mtimeOf(st),
+      size: Number(st.size),
+      xattrs: type === 'symlink' ? [] : xattrsOf(p),
+    };
+    if (type === 'symlink') e.target = readlinkSync(p);
+    if (type === 'file') e.data = readAll(p).join(':');
+    entries.set(rel === '' ? '.' : rel, e);
+    if (type === 'dir') {
+      for (const name of readdirSync(p).sort()) walk(rel === '' ? name : `${rel}/${name}`);
+    } else {
+      const g = byIno.get(st.ino) ?? [];
+      g.push(rel);
+      byIno.set(st.ino, g);
+    }
+  };
+  walk('');
+  const linkGroups = [...byIno.values()].filter((g) => g.length > 1).map((g) => g.sort()).sort();
+  return { entries, linkGroups };
+}
+
+export interface Diff {
+  path: string;
+  field: string;
+  kernel: unknown;
+  ts: unknown;
+}
+
+/** Differences between two views, the kernel's first. */
+export function diffViews(kernel: View, ts: View): Diff[] {
+  const out: Diff[] = [];
+  const paths = new Set([...kernel.entries.keys(), ...ts.entries.keys()]);
+  for (const p of [...paths].sort()) {
+    const k = kernel.entries.get(p);
+    const t = ts.entries.get(p);
+    if (!k || !t) {
+      out.push({ path: p, field: 'exists', kernel: k ? k.type : 'absent', ts: t ? t.type : 'absent' });
+      continue;
+    }
+    for (const f of Object.keys({ ...k, ...t }) as (keyof ViewEntry)[]) {
+      const a = JSON.stringify(k[f]);
+      const b = JSON.stringify(t[f]);
+      if (a !== b) out.push({ path: p, field: f, kernel: k[f], ts: t[f] });
+    }
+  }
+  if (JSON.stringify(kernel.linkGroups) !== JSON.stringify(ts.linkGroups)) {
+    out.push({ path: '*', field: 'hardlinks', kernel: kernel.linkGroups, ts: ts.linkGroups });
+  }
+  return out;
+}
+
+export interface UpperEntry {
+  type: string;
+  mode: string;
+  uid: number;
+  gid: number;
+  size?: number;
+  data?: string;
+  target?: string;
+  opaque?: string;
+  xattrs: string[];
+}
+
+export interface UpperPicture {
+  entries: Map<string, UpperEntry>;
+  linkGroups: string[][];
+}
+
+/**
+ * An upper layer as the format sees it: whiteouts, opaque markers, data, mode, owner, xattrs,
+ * hard links. The kernel's own trusted.overlay.* bookkeeping (all but opaque) is left out.
+ */
+export function pictureUpper(root: string): UpperPicture {
+  const entries = new Map<string, UpperEntry>();
+  const byIno = new Map<bigint, string[]>();
+  const walk = (rel: string) => {
+    const p = rel === '' ? root : join(root, rel);
+    const st = lstatSync(p, { bigint: true });
+    const plain = lstatSync(p);
+    const whiteout = isWhiteoutStat(plain);
+    const type = whiteout ? 'whiteout' : typeOf(plain.mode);
+    const e: UpperEntry = {
+      type,
+      mode: (plain.mode & 0o7777).toString(8),
+      uid: plain.uid,
+      gid: plain.gid,
+      xattrs: type === 'symlink' ? [] : llistxattr(p).filter((n) => !n.startsWith('trusted.overlay.')).sort()
+        .map((n) => `${n}=${lgetxattr(p, n).toString('base64')}`),
+    };
+    if (type === 'file') {
+      e.size = plain.size;
+      e.data = readAll(p).join(':');
+    }
+    if (type === 'symlink') e.target = readlinkSync(p);
+    if (type === 'dir') {
+      const o = lgetxattrOrNull(p, 'trusted.overlay.opaque');
+      if (o) e.opaque = o.toString();
+    }
+    entries.set(rel === '' ? '.' : rel, e);
+    if (type === 'dir') {
+      for (const n of readdirSync(p).sort()) walk(rel === '' ? n : `${rel}/${n}`);
+    } else if (type !== 'whiteout') {
+      const g = byIno.get(st.ino) ?? [];
+      g.push(rel);
+      byIno.set(st.ino, g);
+    }
+  };
+  walk('');
+  const linkGroups = [...byIno.values()].filter((g) => g.length > 1).map((g) => g.sort()).sort();
+  return { entries, linkGroups };
+}
+
+export function diffUppers(kernel: UpperPicture, ts: UpperPicture): Diff[] {
+  const out: Diff[] = [];
+  const paths = new Set([...kernel.entries.keys(), ...ts.entries.keys()]);
+  for (const p of [...paths].sort()) {
+    const k = kernel.entries.get(p);
+    const t = ts.entries.get(p);
+    if (!k || !t) {
+      out.push({ path: p, field: 'exists', kernel: k ? k.type : 'absent', ts: t ? t.type : 'absent' });
+      continue;
+    }
+    for (const f of Object.keys({ ...k, ...t }) as (keyof UpperEntry)[]) {
+      if (JSON.stringify(k[f]) !== JSON.stringify(t[f])) out.push({ path: p, field: f, kernel: k[f], ts: t[f] });
+    }
+  }
+  if (JSON.stringify(kernel.linkGroups) !== JSON.stringify(ts.linkGroups)) {
+    out.push({ path: '*', field: 'hardlinks', kernel: kernel.linkGroups, ts: ts.linkGroups });
+  }
+  return out;
+}
+
+/** A short summary of a stat for operation outcomes (stat, fstat). */
+export function statSummary(st: BigIntStats): string {
+  return `${typeOf(Number(st.mode))} ${(Number(st.mode) & 0o7777).toString(8)} ${st.uid}:${st.gid} nlink=${st.nlink} size=${st.size} mtime=${mtimeOf(st)}`;
+}
+
+export function fstatSummary(fd: number): string {
+  return statSummary(fstatSync(fd, { bigint: true }));
+}
