@@ -7,20 +7,8 @@ import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, readdirSyn
 import { join } from 'node:path';
 import { isWhiteoutStat } from '../../src/overlay/format';
 import { lgetxattr, lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
+import { typeOf } from '../helpers/snapshot';
 import { FRESH_TIME_MS } from './generate';
-
-export function typeOf(mode: number): string {
-  switch (mode & 0o170000) {
-    case 0o040000: return 'dir';
-    case 0o100000: return 'file';
-    case 0o120000: return 'symlink';
-    case 0o010000: return 'fifo';
-    case 0o020000: return 'chr';
-    case 0o060000: return 'blk';
-    case 0o140000: return 'sock';
-    default: return 'unknown';
-  }
-}
 
 /** mtime in whole milliseconds, or 'fresh' for a time from the clock during the run. */
 export function mtimeOf(st: BigIntStats): string {
@@ -116,8 +104,13 @@ export interface Diff {
   ts: unknown;
 }
 
-/** Differences between two views, the kernel's first. */
-export function diffViews(kernel: View, ts: View): Diff[] {
+interface Picture<E extends { type: string }> {
+  entries: Map<string, E>;
+  linkGroups: string[][];
+}
+
+/** Differences between two pictures (views or upper layers), the kernel's first. */
+function diffPictures<E extends { type: string }>(kernel: Picture<E>, ts: Picture<E>): Diff[] {
   const out: Diff[] = [];
   const paths = new Set([...kernel.entries.keys(), ...ts.entries.keys()]);
   for (const p of [...paths].sort()) {
@@ -127,16 +120,18 @@ export function diffViews(kernel: View, ts: View): Diff[] {
       out.push({ path: p, field: 'exists', kernel: k ? k.type : 'absent', ts: t ? t.type : 'absent' });
       continue;
     }
-    for (const f of Object.keys({ ...k, ...t }) as (keyof ViewEntry)[]) {
-      const a = JSON.stringify(k[f]);
-      const b = JSON.stringify(t[f]);
-      if (a !== b) out.push({ path: p, field: f, kernel: k[f], ts: t[f] });
+    for (const f of Object.keys({ ...k, ...t }) as (keyof E & string)[]) {
+      if (JSON.stringify(k[f]) !== JSON.stringify(t[f])) out.push({ path: p, field: f, kernel: k[f], ts: t[f] });
     }
   }
   if (JSON.stringify(kernel.linkGroups) !== JSON.stringify(ts.linkGroups)) {
     out.push({ path: '*', field: 'hardlinks', kernel: kernel.linkGroups, ts: ts.linkGroups });
   }
   return out;
+}
+
+export function diffViews(kernel: View, ts: View): Diff[] {
+  return diffPictures(kernel, ts);
 }
 
 export interface UpperEntry {
@@ -201,23 +196,7 @@ export function pictureUpper(root: string): UpperPicture {
 }
 
 export function diffUppers(kernel: UpperPicture, ts: UpperPicture): Diff[] {
-  const out: Diff[] = [];
-  const paths = new Set([...kernel.entries.keys(), ...ts.entries.keys()]);
-  for (const p of [...paths].sort()) {
-    const k = kernel.entries.get(p);
-    const t = ts.entries.get(p);
-    if (!k || !t) {
-      out.push({ path: p, field: 'exists', kernel: k ? k.type : 'absent', ts: t ? t.type : 'absent' });
-      continue;
-    }
-    for (const f of Object.keys({ ...k, ...t }) as (keyof UpperEntry)[]) {
-      if (JSON.stringify(k[f]) !== JSON.stringify(t[f])) out.push({ path: p, field: f, kernel: k[f], ts: t[f] });
-    }
-  }
-  if (JSON.stringify(kernel.linkGroups) !== JSON.stringify(ts.linkGroups)) {
-    out.push({ path: '*', field: 'hardlinks', kernel: kernel.linkGroups, ts: ts.linkGroups });
-  }
-  return out;
+  return diffPictures(kernel, ts);
 }
 
 /** A short summary of a stat for operation outcomes (stat, fstat). */
