@@ -15,7 +15,7 @@ import type { MountConfig } from './config';
 import { readMountTable } from './mount-table';
 
 const FSTYPE = 'fuse.ts-overlayfs';
-const WATCH_INTERVAL_MS = 500;
+const WATCH_INTERVAL_MS = 200;
 
 export interface Served {
   /** Unmounts (lazily if busy) and resolves once the mount is gone. */

@@ -116,7 +116,7 @@ export class Overlay {
       await tree.root();
       let ctx: writes.WriteContext | null = null;
       if (config.work !== undefined && config.upper !== undefined) {
-        work = Workdir.prepare(config.work, layers[0].dev);
+        work = await Workdir.prepare(config.work, layers[0].dev);
         ctx = {
           tree,
           upper: layers[0],

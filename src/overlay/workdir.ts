@@ -6,7 +6,11 @@
  */
 import { closeSync, constants as fsc, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
 import { errorFor } from '../errors';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { tryLockExclusive } from '../sys/libc';
+
+const LOCK_WAIT_MS = 5000;
+const LOCK_RETRY_MS = 50;
 
 export class Workdir {
   private counter = 0;
@@ -16,13 +20,19 @@ export class Workdir {
   /**
    * Locks the work directory for this mount (held until the process ends), then empties (or
    * creates) WORKDIR/work. Refuses a workdir another mount uses, whose copies in progress
-   * would be deleted, and one on another filesystem than upper.
+   * would be deleted, and one on another filesystem than upper. A mount that has just been
+   * unmounted may hold the lock a moment longer (its server notices the unmount by polling),
+   * so podman's unmount-then-mount of a container is waited for, up to LOCK_WAIT_MS.
    */
-  static prepare(workdir: string, upperDev: number): Workdir {
+  static async prepare(workdir: string, upperDev: number): Promise<Workdir> {
     const lock = openSync(workdir, fsc.O_RDONLY | fsc.O_DIRECTORY);
-    if (!tryLockExclusive(lock)) {
-      closeSync(lock);
-      throw errorFor('EBUSY', `workdir ${workdir} is in use by another mount`);
+    const until = Date.now() + LOCK_WAIT_MS;
+    while (!tryLockExclusive(lock)) {
+      if (Date.now() > until) {
+        closeSync(lock);
+        throw errorFor('EBUSY', `workdir ${workdir} is in use by another mount`);
+      }
+      await sleep(LOCK_RETRY_MS);
     }
     const dir = `${workdir}/work`;
     rmSync(dir, { recursive: true, force: true });

@@ -143,6 +143,14 @@ describe('copy-up', requires('root'), () => {
     (await Overlay.open({ lowers: f.lowers, upper: other, work: f.work })).close();
   });
 
+  test('a work dir released shortly after is waited for (podman unmounts, then mounts again)', async () => {
+    const f = await fixture([{}]);
+    setTimeout(() => f.ov.close(), 300);
+    const started = Date.now();
+    (await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work })).close();
+    assert.ok(Date.now() - started >= 250);
+  });
+
   test('the work dir is emptied at mount', async () => {
     const dir = tempDir('workclean');
     dirs.push(dir);
