@@ -113,15 +113,6 @@ export function umount2(target: string, flags: number): void {
   if (c.umount2(target, flags) < 0) fail('umount2', target);
 }
 
-/** makedev() of glibc, for device numbers handed to mknod. */
-export function makedev(major: number, minor: number): number {
-  return (
-    ((minor & 0xff) | ((major & 0xfff) << 8)) +
-    (((minor & ~0xff) >>> 0) << 12) * 1 +
-    ((major & ~0xfff) >>> 0) * 2 ** 32
-  );
-}
-
 /** Points descriptor `target` at what `source` refers to (Node has no dup2). */
 export function dup2(source: number, target: number): void {
   if (c.dup2(source, target) < 0) fail('dup2', String(target));
