@@ -52,6 +52,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'operations run as root and the server runs as root: the same owner either way',
   },
   {
+    name: 'open-unlinked-links',
+    kind: 'deliberate',
+    why: 'a file unlinked while open waits in the workdir until its last close (libfuse 2 renames it to .fuse_hidden*; README), so its other hard links show one link more until then',
+    handling: 'the generator does not unlink the open name of a file that has other hard links',
+  },
+  {
     name: 'attr-timeout',
     kind: 'deliberate',
     why: 'a writable mount already asks the server at every stat (attr_timeout=0); -o timeout=0 makes names and negative lookups uncached too, so each step sees the server\'s view',

@@ -9,7 +9,6 @@ import { chmodSync, closeSync, ftruncateSync, lchownSync, linkSync, mkdirSync, o
 import { join } from 'node:path';
 import { lsetxattr, lutimens, mknod } from '../../src/sys/libc';
 import { AVOID } from './differences';
-import { avoidKnown } from './known-bugs';
 
 // ---------------------------------------------------------------------------------------------
 // PRNG
@@ -395,7 +394,7 @@ export interface ViewInfo {
   readonly modes: ReadonlyMap<string, number>;
   /**
    * Descriptor slots: null (closed), 'open', or 'orphan' (the name it was opened by was
-   * unlinked or renamed over since; see known-bugs.ts: io-after-unlink).
+   * unlinked or renamed over since).
    */
   readonly slots: readonly ('open' | 'orphan' | null)[];
   /** The names the open slots were opened by (symlinks resolved). */
@@ -519,8 +518,8 @@ export class OpGenerator {
         return [{ t: 'rmdir', path: this.anyPath(v, (t) => t === 'dir' || r.chance(0.1)) }];
       case 'unlink': {
         const path = this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1));
-        // known-bugs.ts nlink-while-open
-        return avoidKnown('nlink-while-open') && v.openNames.has(path) ? [] : [{ t: 'unlink', path }];
+        // differences.ts open-unlinked-links: not the open name of a file with other links.
+        return v.openNames.has(path) && v.linkGroup.has(path) ? [] : [{ t: 'unlink', path }];
       }
       case 'rename': {
         const from = this.anyPath(v);

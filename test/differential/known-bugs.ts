@@ -6,7 +6,7 @@
  * Whoever fixes a bug removes its entry here and the `todo` of its regression test.
  */
 /** The bugs listed below; a name that is not listed (a fixed bug) does not compile where the generator still steers. */
-export type KnownBugName = 'nlink-while-open';
+export type KnownBugName = never;
 
 export interface KnownBug {
   readonly name: KnownBugName;
@@ -16,11 +16,6 @@ export interface KnownBug {
 }
 
 export const KNOWN_BUGS: readonly KnownBug[] = [
-  {
-    name: 'nlink-while-open',
-    what: 'after unlink of a name that is open (a file with another hard link), the other names show the old nlink (2 for 1) until the descriptor is closed; cause not pinned down (libfuse 2 node of the open name?)',
-    avoidance: 'no unlink of a name a descriptor slot holds open',
-  },
 ];
 
 const steering = { on: true };

