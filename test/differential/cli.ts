@@ -8,7 +8,7 @@
  * Prints one line per sequence, and each divergence (shrunk) with a reproduction command.
  * Exit status: 0 no divergence, 1 divergence(s), 2 bad usage or a harness failure.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describeOp, type LayerSpec, type Op } from './generate';
@@ -81,6 +81,7 @@ function parse(argv: string[]): Args {
 interface Saved { seed: number; lowers?: number; generated: number; keep: number[]; ops: Op[]; layers?: LayerSpec[] }
 
 function save(out: string, r: Report, layers: LayerSpec[]): string {
+  mkdirSync(out, { recursive: true });
   const file = join(out, `fuzz-repro-${r.seed}-${r.divergence.stage}.json`);
   const saved: Saved = { seed: r.seed, lowers: r.lowers, generated: r.generated, keep: r.keep, ops: r.keep.map((k) => r.ops[k]), layers };
   writeFileSync(file, `${JSON.stringify(saved, null, 1)}\n`);

@@ -58,6 +58,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'the generator does not unlink the open name of a file that has other hard links',
   },
   {
+    name: 'open-target-hardlink-rename',
+    kind: 'deliberate',
+    why: 'rename(a, b) where a and b are hard links of one file and b is open: libfuse 2 first hides the open b (.fuse_hidden*), so a then moves onto b; the kernel leaves both names (README)',
+    handling: 'the generator does not rename onto an open name of the same file',
+  },
+  {
     name: 'attr-timeout',
     kind: 'deliberate',
     why: 'a writable mount already asks the server at every stat (attr_timeout=0); -o timeout=0 makes names and negative lookups uncached too, so each step sees the server\'s view',

@@ -529,10 +529,11 @@ export class OpGenerator {
         else if (how === 'over') to = this.existing(v, (t) => (v.types.get(from) === 'dir') === (t === 'dir') || r.chance(0.2)) ?? this.newPath(v);
         else if (how === 'new') to = this.newPath(v);
         else to = this.anyPath(v);
-        // known-bugs.ts rename-lower-hardlinks
         // differences.ts failed-rename-opaque: no directory over a non-empty directory.
         if (AVOID.failedRenameOpaque && v.types.get(from) === 'dir' && v.types.get(to) === 'dir' &&
           [...v.types.keys()].some((p) => p.startsWith(`${to}/`))) return [];
+        // differences.ts open-target-hardlink-rename: not onto an open name of the same file.
+        if (v.openNames.has(to) && v.linkGroup.has(from) && v.linkGroup.get(from) === v.linkGroup.get(to)) return [];
         return [{ t: 'rename', from, to }];
       }
       case 'link':
