@@ -2,9 +2,9 @@
  * fuse-native, with what it lacks for an overlay filesystem.
  *
  * fuse-native builds libfuse's `-o` string in its `_fuseOptions()` method from a fixed set of
- * camel-case options; libfuse options outside that set (use_ino, hard_remove, big_writes,
- * subtype, ...) cannot be passed. This subclass overrides that one method to hand libfuse
- * the exact option list we computed (see fuse-options.ts), so:
+ * camel-case options; libfuse options outside that set (use_ino, big_writes, subtype, the
+ * cache timeouts, ...) cannot be passed. This subclass overrides that one method to hand
+ * libfuse the exact option list we computed (cli/config.ts, fuse/cache-policy.ts), so:
  *  - use_ino: st_ino and d_ino come from us (one number per file, shared by hard links),
  *    not from libfuse's node ids;
  *  - big_writes: writes arrive in 128 KiB pieces instead of 4 KiB ones.
@@ -25,6 +25,7 @@ const OP_UTIMENS = 12;
  * computed but did not pass on. Its handlers receive that struct as their first argument,
  * a Buffer over its memory. Offset for x86-64/aarch64 (LP64) and fuse-native 2.2.6.
  */
+const LOCALS_ATIME_OFFSET = 104;
 const LOCALS_MTIME_OFFSET = 112;
 
 type NativeHandler = (locals: Buffer, op: number, ...args: unknown[]) => unknown;
@@ -94,7 +95,10 @@ export class NativeFuse extends Fuse {
   _makeHandlerArray(): NativeHandler[] {
     const handlers = (Fuse.prototype as unknown as { _makeHandlerArray(this: Fuse): NativeHandler[] })._makeHandlerArray.call(this);
     const original = handlers[OP_UTIMENS];
-    handlers[OP_UTIMENS] = (locals, op, path, atimeLow, atimeHigh) => {
+    handlers[OP_UTIMENS] = (locals, op, path, atimeLow, atimeHigh, ...rest) => {
+      // The atime beside it must be the one passed, or this is not the layout we know.
+      const atime = Number(locals.readBigUInt64LE(LOCALS_ATIME_OFFSET));
+      if (atime !== (atimeLow as number) + (atimeHigh as number) * 2 ** 32) return original(locals, op, path, atimeLow, atimeHigh, ...rest);
       const mtime = Number(locals.readBigUInt64LE(LOCALS_MTIME_OFFSET));
       return original(locals, op, path, atimeLow, atimeHigh, mtime % 2 ** 32, Math.floor(mtime / 2 ** 32));
     };
