@@ -53,11 +53,13 @@ export interface ViewEntry {
   xattrs: string[];
 }
 
-export interface View {
-  entries: Map<string, ViewEntry>;
-  /** Names sharing an st_ino, groups of two or more, sorted. */
+/** Entries by path, and the names sharing an st_ino (groups of two or more, sorted). */
+export interface Picture<E extends { type: string }> {
+  entries: Map<string, E>;
   linkGroups: string[][];
 }
+
+export type View = Picture<ViewEntry>;
 
 function xattrsOf(p: string): string[] {
   return llistxattr(p).sort().map((n) => `${n}=${lgetxattr(p, n).toString('base64')}`);
@@ -104,11 +106,6 @@ export interface Diff {
   ts: unknown;
 }
 
-interface Picture<E extends { type: string }> {
-  entries: Map<string, E>;
-  linkGroups: string[][];
-}
-
 /** Differences between two pictures (views or upper layers), the kernel's first. */
 function diffPictures<E extends { type: string }>(kernel: Picture<E>, ts: Picture<E>): Diff[] {
   const out: Diff[] = [];
@@ -146,10 +143,7 @@ export interface UpperEntry {
   xattrs: string[];
 }
 
-export interface UpperPicture {
-  entries: Map<string, UpperEntry>;
-  linkGroups: string[][];
-}
+export type UpperPicture = Picture<UpperEntry>;
 
 /**
  * An upper layer as the format sees it: whiteouts, opaque markers, data, mode, owner, xattrs,
