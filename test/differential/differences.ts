@@ -54,8 +54,8 @@ export const DIFFERENCES: readonly Difference[] = [
   {
     name: 'open-unlinked-links',
     kind: 'deliberate',
-    why: 'a file unlinked while open waits in the workdir until its last close (libfuse 2 renames it to .fuse_hidden*; README), so its other hard links show one link more until then',
-    handling: 'the generator does not unlink the open name of a file that has other hard links',
+    why: 'a file unlinked (or renamed over) while open waits in the workdir until its last close (libfuse 2 renames it to .fuse_hidden*; README), so its other hard links show one link more until then',
+    handling: 'the generator does not unlink or rename over the open name of a file that has other hard links',
   },
   {
     name: 'open-target-hardlink-rename',

@@ -532,8 +532,9 @@ export class OpGenerator {
         // differences.ts failed-rename-opaque: no directory over a non-empty directory.
         if (AVOID.failedRenameOpaque && v.types.get(from) === 'dir' && v.types.get(to) === 'dir' &&
           [...v.types.keys()].some((p) => p.startsWith(`${to}/`))) return [];
-        // differences.ts open-target-hardlink-rename: not onto an open name of the same file.
-        if (v.openNames.has(to) && v.linkGroup.has(from) && v.linkGroup.get(from) === v.linkGroup.get(to)) return [];
+        // differences.ts open-target-hardlink-rename: not onto an open name of the same file;
+        // open-unlinked-links: not over an open name of a file that has other links.
+        if (v.openNames.has(to) && v.linkGroup.has(to)) return [];
         return [{ t: 'rename', from, to }];
       }
       case 'link':
