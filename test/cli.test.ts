@@ -8,11 +8,11 @@ import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { BIN, REPO, requires } from './helpers/env';
 import { removeDir, tempDir } from './helpers/layers';
 import { isMounted } from './helpers/mounts';
+import { daemonsFor, eventually, tsProcesses } from './helpers/processes';
 
 const VERSION = (JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -67,40 +67,10 @@ function mountsUnder(roots: readonly string[]): string[] {
     .sort();
 }
 
-function readProc(pid: string, file: string): string | null {
-  try {
-    return readFileSync(`/proc/${pid}/${file}`, 'utf8');
-  } catch {
-    return null; // ended while we looked, or not ours to read
-  }
-}
-
 /** Pids of ts-overlayfs processes (not this one) whose arguments mention `text`. */
-function tsProcessesMentioning(text: string, exactArg = false): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    const cmdline = readProc(entry, 'cmdline');
-    if (cmdline === null) continue;
-    const args = cmdline.split('\0');
-    if (!args.some((a) => a === BIN || a.endsWith('/ts-overlayfs') || a.endsWith('cli/main.js'))) continue;
-    if (exactArg ? args.includes(text) : cmdline.includes(text)) pids.push(Number(entry));
-  }
-  return pids;
-}
-
-/** ts-overlayfs daemons serving `mnt`: the mountpoint is one of their arguments, as with fuse-overlayfs. */
-function daemonsFor(mnt: string): number[] {
-  return tsProcessesMentioning(mnt, true);
-}
-
-async function eventually(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await sleep(25);
-  }
-  return cond();
+/** ts-overlayfs processes with `text` anywhere in their arguments. */
+function tsProcessesMentioning(text: string): number[] {
+  return tsProcesses().filter((p) => p.args.join('\0').includes(text)).map((p) => p.pid);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { BIN, REPO, requires } from '../helpers/env';
+import { tsProcesses } from '../helpers/processes';
 
 const SCENARIO = join(REPO, 'test', 'e2e', 'podman-scenario.sh');
 const LOG = join(tmpdir(), 'ts-overlayfs-e2e-podman.log');
@@ -88,19 +89,9 @@ function processesInNamespace(ns: string): number[] {
   return pids;
 }
 
-/** Pids of ts-overlayfs processes whose command line names `dir`. */
+/** ts-overlayfs processes whose arguments name something under `dir`. */
 function daemonsUnder(dir: string): string[] {
-  const found: string[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
-      if (cmd.some((a) => a.endsWith('ts-overlayfs')) && cmd.some((a) => a.includes(dir))) found.push(`${entry}: ${cmd.join(' ')}`);
-    } catch {
-      // Gone while we looked.
-    }
-  }
-  return found;
+  return tsProcesses().filter((p) => p.args.some((a) => a.includes(dir))).map((p) => `${p.pid}: ${p.args.join(' ')}`);
 }
 
 const skip = requires('root', 'fuse', 'kernel-overlay').skip || requiresPodman().skip;

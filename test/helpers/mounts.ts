@@ -7,6 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BIN } from './env';
+import { eventually } from './processes';
 
 export interface Mounted {
   readonly mountpoint: string;
@@ -23,15 +24,6 @@ export function isMounted(mountpoint: string): boolean {
   return readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .some((line) => line.split(' ')[4] === mountpoint);
-}
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await sleep(20);
-  }
-  return cond();
 }
 
 function lazyUnmount(mountpoint: string): void {
@@ -60,7 +52,7 @@ export async function mountTs(dirs: LayerDirs, mountpoint: string, extra: string
   let exited = false;
   const exit = new Promise<void>((resolve) => child.on('exit', () => { exited = true; resolve(); }));
   live.add(mountpoint);
-  const up = await waitFor(() => exited || isMounted(mountpoint), 15000);
+  const up = await eventually(() => exited || isMounted(mountpoint), 15000);
   if (!up || exited) {
     child.kill('SIGKILL');
     lazyUnmount(mountpoint);
@@ -99,7 +91,7 @@ export async function mountKernel(dirs: LayerDirs, mountpoint: string, extra: st
 export async function mountFuseOverlayfs(dirs: LayerDirs, mountpoint: string, extra: string[] = []): Promise<Mounted> {
   const child = spawn('fuse-overlayfs', ['-f', '-o', optionString(dirs, extra), mountpoint], { stdio: 'ignore' });
   live.add(mountpoint);
-  if (!(await waitFor(() => isMounted(mountpoint), 10000))) {
+  if (!(await eventually(() => isMounted(mountpoint), 10000))) {
     child.kill('SIGKILL');
     live.delete(mountpoint);
     throw new Error('fuse-overlayfs did not mount');

@@ -1,13 +1,14 @@
 /** Daemonizing, signals and outside unmounts: the mount and the daemon go away together. */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
 import { BIN, requires } from '../helpers/env';
 import { buildLayer, removeDir, tempDir } from '../helpers/layers';
 import { isMounted } from '../helpers/mounts';
+import { daemonsFor, eventually } from '../helpers/processes';
 
 const dirs: string[] = [];
 after(() => {
@@ -24,30 +25,6 @@ function layout(): { lower: string; mnt: string } {
   buildLayer(join(d, 'lower'), { 'hello.txt': { kind: 'file', data: 'hello' } });
   buildLayer(join(d, 'mnt'), {});
   return { lower: join(d, 'lower'), mnt: join(d, 'mnt') };
-}
-
-/** Pids of ts-overlayfs processes whose command line names `mnt`. */
-function daemonsFor(mnt: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
-      if (cmd.some((a) => a.endsWith('ts-overlayfs')) && cmd.includes(mnt)) pids.push(Number(entry));
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return pids;
-}
-
-async function eventually(cond: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await sleep(25);
-  }
-  return cond();
 }
 
 function mountDaemon(lower: string, mnt: string) {
