@@ -5,7 +5,7 @@ import { enableDebug, log } from '../log';
 import { parseArgs } from './args';
 import { buildConfig, CliError, type MountConfig } from './config';
 import { daemonConfig, launchDaemon, reportFailure, reportReady } from './daemon';
-import { serve } from './serve';
+import { serve, type Served } from './serve';
 
 const PACKAGE_ROOT = join(__dirname, '..', '..', '..');
 
@@ -21,9 +21,16 @@ function fail(message: string): number {
 /** Mounts, then stays until SIGTERM/SIGINT or an outside unmount. */
 async function runServer(config: MountConfig, onReady: () => void): Promise<number> {
   if (config.debug) enableDebug();
-  const served = await serve(config);
+  // The handlers go in before the mount: the kernel lists the mount before fuse-native says it
+  // is ready, and a signal in that gap would otherwise kill the process and leave it mounted.
+  let served: Served | undefined;
+  let pending: string | undefined;
   let stopping = false;
   const stop = (signal: string) => {
+    if (!served) {
+      pending ??= signal;
+      return;
+    }
     if (stopping) return;
     stopping = true;
     log.mount('%s: unmounting %s', signal, config.mountpoint);
@@ -32,10 +39,11 @@ async function runServer(config: MountConfig, onReady: () => void): Promise<numb
       process.exit(1);
     });
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGHUP', () => stop('SIGHUP'));
+  const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+  for (const signal of signals) process.on(signal, () => stop(signal));
+  served = await serve(config);
   onReady();
+  if (pending) stop(pending);
   await served.gone;
   log.mount('unmounted %s', config.mountpoint);
   return 0;
