@@ -174,7 +174,12 @@ export class Overlay {
 
   async getattr(path: string): Promise<OvlStat> {
     const node = await this.resolve(path);
-    return this.statOf(node);
+    const st = await this.statOf(node);
+    // libfuse 2 answers for a hidden file with one link fewer than we say, standing in for
+    // the unlinked name. A lower file loses no link (the kernel shows all of them), so the
+    // one libfuse takes away is added here.
+    if (this.hidden.get(path) === node && !node.layer.upper) st.nlink += 1;
+    return st;
   }
 
   async readdir(path: string): Promise<OvlDirEntry[]> {

@@ -81,6 +81,21 @@ describe('fuzzer-found divergences from kernel overlayfs', requires('root', 'fus
     ]);
   });
 
+  test('a lower file unlinked or renamed over while open keeps its link count; an upper one drops to 0', async () => {
+    await sameAsKernel([[['x', file(20)], ['b', file(30, { data: 9 })], ['y', file()]]], [
+      [{ t: 'open', slot: 0, path: 'x', flags: ['RDONLY'], mode: 0 }, 'ok file'],
+      [{ t: 'rename', from: 'b', to: 'x' }, 'ok'],
+      [{ t: 'fstat', slot: 0 }, 'ok file 644 0:0 nlink=1 size=20'],
+      [{ t: 'open', slot: 1, path: 'y', flags: ['RDONLY'], mode: 0 }, 'ok file'],
+      [{ t: 'unlink', path: 'y' }, 'ok'],
+      [{ t: 'fstat', slot: 1 }, 'ok file 644 0:0 nlink=1 size=10'],
+      [{ t: 'writeFile', path: 'up', data: { s: 5, n: 7 }, mode: 0o644 }, 'ok 7'],
+      [{ t: 'open', slot: 2, path: 'up', flags: ['RDONLY'], mode: 0 }, 'ok file'],
+      [{ t: 'rename', from: 'x', to: 'up' }, 'ok'],
+      [{ t: 'fstat', slot: 2 }, 'ok file 644 0:0 nlink=0 size=7'],
+    ]);
+  });
+
   test('mkdir in a set-group-ID directory makes a set-group-ID directory', async () => {
     await sameAsKernel([[['sg', dir({ mode: 0o2775, gid: 1000 })], ['sg/f', file()]]], [
       [{ t: 'mkdir', path: 'sg/new', mode: 0o755 }, 'ok'],
