@@ -8,9 +8,11 @@
  * Prints one line per sequence, and each divergence (shrunk) with a reproduction command.
  * Exit status: 0 no divergence, 1 divergence(s), 2 bad usage or a harness failure.
  */
+import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { describeOp, type LayerSpec, type Op } from './generate';
 import { describeDifferences } from './differences';
 import { KNOWN_BUGS, setAvoidKnownBugs } from './known-bugs';
@@ -29,6 +31,11 @@ interface Args {
   out: string;
   includeKnown: boolean;
   keepGoing: boolean;
+  jobs: number;
+  /** Seeds S, S+stride, S+2*stride, ... (a worker of --jobs). */
+  stride: number;
+  /** Print the summary as one JSON line (a worker of --jobs). */
+  worker: boolean;
 }
 
 const USAGE = `usage: scripts/fuzz [--seconds N] [--seed S] [--ops K] [--lowers L] [--keep i,j,...]
@@ -41,6 +48,7 @@ const USAGE = `usage: scripts/fuzz [--seconds N] [--seed S] [--ops K] [--lowers 
   --replay FILE run the sequence saved in FILE (written for each divergence into --out)
   --verbose     print every operation and both outcomes
   --out DIR     where reproduction files go (default: the temp directory)
+  --jobs J      with --seconds: J fuzzer processes side by side (seeds S+k, S+k+J, ...)
   --keep-going  do not stop a sequence at a divergence: print each and go on (diagnosis; no shrinking)
   --include-known  stop steering around the known, unfixed bugs listed below
 Deliberate differences the fuzzer avoids or leaves out:
@@ -49,7 +57,7 @@ Known ts-overlayfs bugs (unfixed) the generator steers around unless --include-k
 ${KNOWN_BUGS.map((b) => `  ${b.name}: ${b.what}. Steering: ${b.avoidance}.`).join('\n')}`;
 
 function parse(argv: string[]): Args {
-  const a: Args = { ops: 40, shrink: true, shrinkSeconds: 300, verbose: false, out: tmpdir(), includeKnown: false, keepGoing: false };
+  const a: Args = { ops: 40, shrink: true, shrinkSeconds: 300, verbose: false, out: tmpdir(), includeKnown: false, keepGoing: false, jobs: 1, stride: 1, worker: false };
   const num = (v: string | undefined, name: string): number => {
     const n = Number(v);
     if (v === undefined || !Number.isInteger(n) || n < 0) throw new Error(`${name} needs a whole number`);
@@ -67,6 +75,9 @@ function parse(argv: string[]): Args {
       case '--no-shrink': a.shrink = false; break;
       case '--include-known': a.includeKnown = true; break;
       case '--keep-going': a.keepGoing = true; break;
+      case '--jobs': a.jobs = num(argv[++i], arg); if (a.jobs < 1) throw new Error('--jobs needs at least 1'); break;
+      case '--stride': a.stride = num(argv[++i], arg); if (a.stride < 1) throw new Error('--stride needs at least 1'); break;
+      case '--worker': a.worker = true; break;
       case '--shrink-seconds': a.shrinkSeconds = num(argv[++i], arg); break;
       case '--verbose': case '-v': a.verbose = true; break;
       case '--out': a.out = argv[++i] ?? ''; break;
@@ -101,6 +112,13 @@ async function main(): Promise<number> {
   if (process.getuid?.() !== 0) {
     process.stderr.write('fuzz: needs root (kernel overlayfs mounts)\n');
     return 2;
+  }
+  if (args.jobs > 1) {
+    if (args.seconds === undefined) {
+      process.stderr.write(`fuzz: --jobs needs --seconds\n${USAGE}\n`);
+      return 2;
+    }
+    return runJobs(process.argv.slice(2), args);
   }
   setAvoidKnownBugs(!args.includeKnown);
   // Modes given to open/mkdir reach both implementations unmasked.
@@ -196,23 +214,97 @@ async function main(): Promise<number> {
   } else if (args.seconds === undefined) {
     await runSeed(args.seed ?? 1);
   } else {
-    let seed = args.seed ?? (Date.now() % 1000000000);
-    while (!stopping && Date.now() - started < args.seconds * 1000) await runSeed(seed++);
+    for (let seed = args.seed ?? defaultSeed(); !stopping && Date.now() - started < args.seconds * 1000; seed += args.stride) await runSeed(seed);
   }
 
-  const left = leftoverMounts();
-  log(`\nfuzz: ${sequences} sequences, ${operations} operations in ${Math.round((Date.now() - started) / 1000)} s; ` +
-    `${reports.length} divergent sequences, ${seenSignatures.size} distinct${harnessFailures ? `, ${harnessFailures} harness failures` : ''}`);
-  for (const [sig, seeds] of seenSignatures) {
-    const r = reports.find((x) => x.seed === seeds[0] && x.divergence.signature === sig) ?? reports.find((x) => x.seed === seeds[0]);
-    log(`  ${sig}: ${seeds.length} sequence(s), seeds ${seeds.slice(0, 8).join(' ')}${seeds.length > 8 ? ' ...' : ''}${r ? `; ${reproCommand(r)}` : ''}`);
+  const summary: Summary = {
+    sequences, operations, divergent: reports.length, harnessFailures, leftovers: leftoverMounts(),
+    signatures: [...seenSignatures].map(([signature, seeds]) => {
+      const r = reports.find((x) => x.seed === seeds[0] && x.divergence.signature === signature) ?? reports.find((x) => x.seed === seeds[0]);
+      return { signature, seeds, repro: r ? reproCommand(r) : '' };
+    }),
+  };
+  if (args.worker) log(`${SUMMARY_TAG}${JSON.stringify(summary)}`);
+  else printSummary(summary, Date.now() - started);
+  return exitCode(summary);
+}
+
+function defaultSeed(): number {
+  return Date.now() % 1000000000;
+}
+
+const SUMMARY_TAG = 'FUZZ-SUMMARY ';
+
+interface Summary {
+  sequences: number;
+  operations: number;
+  divergent: number;
+  harnessFailures: number;
+  leftovers: string[];
+  signatures: { signature: string; seeds: number[]; repro: string }[];
+}
+
+function printSummary(s: Summary, ms: number): void {
+  const log = (line: string) => process.stdout.write(`${line}\n`);
+  log(`\nfuzz: ${s.sequences} sequences, ${s.operations} operations in ${Math.round(ms / 1000)} s; ` +
+    `${s.divergent} divergent sequences, ${s.signatures.length} distinct${s.harnessFailures ? `, ${s.harnessFailures} harness failures` : ''}`);
+  for (const { signature, seeds, repro } of s.signatures) {
+    log(`  ${signature}: ${seeds.length} sequence(s), seeds ${seeds.slice(0, 8).join(' ')}${seeds.length > 8 ? ' ...' : ''}${repro ? `; ${repro}` : ''}`);
   }
-  if (left.length > 0) {
-    log(`fuzz: mounts left behind: ${left.join(' ')}`);
-    return 2;
+  if (s.leftovers.length > 0) log(`fuzz: mounts left behind: ${s.leftovers.join(' ')}`);
+}
+
+function exitCode(s: Summary): number {
+  if (s.leftovers.length > 0 || s.harnessFailures > 0) return 2;
+  return s.divergent > 0 ? 1 : 0;
+}
+
+/**
+ * --jobs J: J copies of this command, each on every J-th seed, their lines passed through as
+ * they come and their summaries added up. The runs are independent (own directories, mounts).
+ */
+async function runJobs(argv: string[], args: Args): Promise<number> {
+  const first = args.seed ?? defaultSeed();
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--jobs' || argv[i] === '--seed') i++;
+    else rest.push(argv[i]);
   }
-  if (harnessFailures > 0) return 2;
-  return reports.length > 0 ? 1 : 0;
+  const started = Date.now();
+  const children = Array.from({ length: args.jobs }, (_, k) =>
+    spawn(process.execPath, [__filename, ...rest, '--seed', String(first + k), '--stride', String(args.jobs), '--worker'], { stdio: ['ignore', 'pipe', 'inherit'], detached: true }));
+  // The workers have their own process group, so a terminal's Ctrl-C reaches them once, from here.
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => { for (const c of children) c.kill(sig); });
+  }
+  const summaries = await Promise.all(children.map((child) => new Promise<Summary | null>((resolve) => {
+    let summary: Summary | null = null;
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (line.startsWith(SUMMARY_TAG)) summary = JSON.parse(line.slice(SUMMARY_TAG.length)) as Summary;
+      else process.stdout.write(`${line}\n`);
+    });
+    child.on('close', () => resolve(summary));
+  })));
+  const total: Summary = { sequences: 0, operations: 0, divergent: 0, harnessFailures: 0, leftovers: [], signatures: [] };
+  for (const s of summaries) {
+    if (!s) {
+      process.stderr.write('fuzz: a worker ended without a summary\n');
+      total.harnessFailures++;
+      continue;
+    }
+    total.sequences += s.sequences;
+    total.operations += s.operations;
+    total.divergent += s.divergent;
+    total.harnessFailures += s.harnessFailures;
+    total.leftovers.push(...s.leftovers);
+    for (const sig of s.signatures) {
+      const known = total.signatures.find((x) => x.signature === sig.signature);
+      if (known) known.seeds.push(...sig.seeds);
+      else total.signatures.push({ ...sig, seeds: [...sig.seeds] });
+    }
+  }
+  printSummary(total, Date.now() - started);
+  return exitCode(total);
 }
 
 // `node --test dist/test/` loads every file under test/ as a test: run only when started directly.

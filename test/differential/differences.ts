@@ -64,12 +64,6 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'the generator does not rename onto an open name of the same file',
   },
   {
-    name: 'attr-timeout',
-    kind: 'deliberate',
-    why: 'a writable mount already asks the server at every stat (attr_timeout=0); -o timeout=0 makes names and negative lookups uncached too, so each step sees the server\'s view',
-    handling: 'ts-overlayfs is mounted with -o timeout=0',
-  },
-  {
     name: 'whiteout-in-unmerged-dir',
     kind: 'kernel-quirk',
     why: 'kernel 6.18 lists a whiteout that sits in a lower directory it does not merge (a directory of one layer only, or an opaque one) in readdir, while lookup gives ENOENT; ts-overlayfs hides it',
