@@ -16,6 +16,8 @@ import { createInterface } from 'node:readline';
 import { describeOp, type LayerSpec, type Op } from './generate';
 import { describeDifferences } from './differences';
 import { KNOWN_BUGS, setAvoidKnownBugs } from './known-bugs';
+import { inInitialUserNamespace, setUnprivileged } from './mode';
+import { runUnprivileged } from './unprivileged';
 import { formatReport, Fuzzer, leftoverMounts, reproCommand, type Divergence, type Report } from './runner';
 
 interface Args {
@@ -32,6 +34,9 @@ interface Args {
   includeKnown: boolean;
   keepGoing: boolean;
   jobs: number;
+  /** Stop after this many sequences (with --seconds, whichever comes first). */
+  count?: number;
+  unprivileged: boolean;
   /** Seeds S, S+stride, S+2*stride, ... (a worker of --jobs). */
   stride: number;
   /** Print the summary as one JSON line (a worker of --jobs). */
@@ -48,7 +53,10 @@ const USAGE = `usage: scripts/fuzz [--seconds N] [--seed S] [--ops K] [--lowers 
   --replay FILE run the sequence saved in FILE (written for each divergence into --out)
   --verbose     print every operation and both outcomes
   --out DIR     where reproduction files go (default: the temp directory)
-  --jobs J      with --seconds: J fuzzer processes side by side (seeds S+k, S+k+J, ...)
+  --count N     run N seeds, S to S+N-1 (with --seconds: whichever ends first)
+  --jobs J      with --seconds or --count: J fuzzer processes side by side (seeds S+k, S+k+J, ...)
+  --unprivileged  run as an ordinary user in unshare -Urm: user.overlay.* layers, kernel oracle
+                with userxattr, only id 0 mapped (started as root; /dev/fuse opened for the run)
   --keep-going  do not stop a sequence at a divergence: print each and go on (diagnosis; no shrinking)
   --include-known  stop steering around the known, unfixed bugs listed below
 Deliberate differences the fuzzer avoids or leaves out:
@@ -57,7 +65,7 @@ Known ts-overlayfs bugs (unfixed) the generator steers around unless --include-k
 ${KNOWN_BUGS.map((b) => `  ${b.name}: ${b.what}. Steering: ${b.avoidance}.`).join('\n')}`;
 
 function parse(argv: string[]): Args {
-  const a: Args = { ops: 40, shrink: true, shrinkSeconds: 300, verbose: false, out: tmpdir(), includeKnown: false, keepGoing: false, jobs: 1, stride: 1, worker: false };
+  const a: Args = { ops: 40, shrink: true, shrinkSeconds: 300, verbose: false, out: tmpdir(), includeKnown: false, keepGoing: false, jobs: 1, stride: 1, worker: false, unprivileged: false };
   const num = (v: string | undefined, name: string): number => {
     const n = Number(v);
     if (v === undefined || !Number.isInteger(n) || n < 0) throw new Error(`${name} needs a whole number`);
@@ -78,6 +86,8 @@ function parse(argv: string[]): Args {
       case '--jobs': a.jobs = num(argv[++i], arg); if (a.jobs < 1) throw new Error('--jobs needs at least 1'); break;
       case '--stride': a.stride = num(argv[++i], arg); if (a.stride < 1) throw new Error('--stride needs at least 1'); break;
       case '--worker': a.worker = true; break;
+      case '--count': a.count = num(argv[++i], arg); break;
+      case '--unprivileged': a.unprivileged = true; break;
       case '--shrink-seconds': a.shrinkSeconds = num(argv[++i], arg); break;
       case '--verbose': case '-v': a.verbose = true; break;
       case '--out': a.out = argv[++i] ?? ''; break;
@@ -113,9 +123,16 @@ async function main(): Promise<number> {
     process.stderr.write('fuzz: needs root (kernel overlayfs mounts)\n');
     return 2;
   }
+  if (args.unprivileged && inInitialUserNamespace()) {
+    const argv = process.argv.slice(2);
+    const outAt = argv.indexOf('--out');
+    if (outAt >= 0) argv.splice(outAt, 2);
+    return runUnprivileged(argv, args.out);
+  }
+  setUnprivileged(args.unprivileged);
   if (args.jobs > 1) {
-    if (args.seconds === undefined) {
-      process.stderr.write(`fuzz: --jobs needs --seconds\n${USAGE}\n`);
+    if (args.seconds === undefined && args.count === undefined) {
+      process.stderr.write(`fuzz: --jobs needs --seconds or --count\n${USAGE}\n`);
       return 2;
     }
     return runJobs(process.argv.slice(2), args);
@@ -211,10 +228,13 @@ async function main(): Promise<number> {
   if (args.replay) {
     const saved = JSON.parse(readFileSync(args.replay, 'utf8')) as Saved;
     await runSeed(saved.seed, saved);
-  } else if (args.seconds === undefined) {
+  } else if (args.seconds === undefined && args.count === undefined) {
     await runSeed(args.seed ?? 1);
   } else {
-    for (let seed = args.seed ?? defaultSeed(); !stopping && Date.now() - started < args.seconds * 1000; seed += args.stride) await runSeed(seed);
+    const seconds = args.seconds ?? Infinity;
+    const count = args.count ?? Infinity;
+    let seed = args.seed ?? defaultSeed();
+    for (let n = 0; n < count && !stopping && Date.now() - started < seconds * 1000; n++, seed += args.stride) await runSeed(seed);
   }
 
   const summary: Summary = {
@@ -267,12 +287,16 @@ async function runJobs(argv: string[], args: Args): Promise<number> {
   const first = args.seed ?? defaultSeed();
   const rest: string[] = [];
   for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--jobs' || argv[i] === '--seed') i++;
+    if (argv[i] === '--jobs' || argv[i] === '--seed' || argv[i] === '--count') i++;
     else rest.push(argv[i]);
   }
   const started = Date.now();
   const children = Array.from({ length: args.jobs }, (_, k) =>
-    spawn(process.execPath, [__filename, ...rest, '--seed', String(first + k), '--stride', String(args.jobs), '--worker'], { stdio: ['ignore', 'pipe', 'inherit'], detached: true }));
+    spawn(process.execPath, [
+      __filename, ...rest, '--seed', String(first + k), '--stride', String(args.jobs), '--worker',
+      // Worker k takes seeds first+k, first+k+J, ... below first+count.
+      ...(args.count === undefined ? [] : ['--count', String(Math.ceil(Math.max(0, args.count - k) / args.jobs))]),
+    ], { stdio: ['ignore', 'pipe', 'inherit'], detached: true }));
   // The workers have their own process group, so a terminal's Ctrl-C reaches them once, from here.
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.on(sig, () => { for (const c of children) c.kill(sig); });

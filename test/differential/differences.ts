@@ -64,6 +64,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'the generator does not rename onto an open name of the same file',
   },
   {
+    name: 'userns-ino',
+    kind: 'kernel-quirk',
+    why: 'with userxattr (unprivileged mode) the kernel cannot record where a copied-up file came from (its user.overlay.origin is empty), so the file shows its lower st_ino while its dentry stays cached and the upper file\'s st_ino after: a hard link made to it shows another number, and after a remount every name does; ts-overlayfs keeps one number for all names',
+    handling: 'in unprivileged mode the views\' hard-link groups are not compared (nlink still is, and the upper layers\' hard links are)',
+  },
+  {
     name: 'whiteout-in-unmerged-dir',
     kind: 'kernel-quirk',
     why: 'kernel 6.18 lists a whiteout that sits in a lower directory it does not merge (a directory of one layer only, or an opaque one) in readdir, while lookup gives ENOENT; ts-overlayfs hides it',

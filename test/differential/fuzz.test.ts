@@ -4,8 +4,12 @@
  * compared step by step, then the upper layers and the cross-mounts (see runner.ts).
  * A failure prints the sequence and the command that reproduces and shrinks it
  * (`scripts/fuzz --seed N --ops K`). Long runs: `scripts/fuzz --seconds N`.
+ * The unprivileged mode (an ordinary user in unshare -Urm, kernel oracle with userxattr) runs
+ * through the command line, which sets up the user and namespaces.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { requires } from '../helpers/env';
 import { setAvoidKnownBugs } from './known-bugs';
@@ -41,4 +45,23 @@ describe('differential fuzzing against kernel overlayfs (fixed seeds)', requires
       }
     });
   }
+});
+
+/** Seeds of the unprivileged run: about 0.8 s each here. */
+const UNPRIVILEGED_SEEDS = 20;
+
+describe('differential fuzzing in a user namespace (fixed seeds)', requires('root', 'fuse', 'kernel-overlay'), () => {
+  test(`seeds 1 to ${UNPRIVILEGED_SEEDS} as an ordinary user in unshare -Urm`, { timeout: 300_000 }, () => {
+    // Without NODE_TEST_CONTEXT, which tells cli.js it was loaded as a test file.
+    const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+    const r = spawnSync(process.execPath, [join(__dirname, 'cli.js'), '--unprivileged', '--seed', '1', '--count', String(UNPRIVILEGED_SEEDS), '--ops', String(OPS)], {
+      encoding: 'utf8',
+      env,
+      timeout: 280_000,
+      killSignal: 'SIGINT',
+    });
+    const out = `${r.stdout}\n${r.stderr}`;
+    assert.equal(r.status, 0, out);
+    assert.match(r.stdout, new RegExp(`fuzz: ${UNPRIVILEGED_SEEDS} sequences, \\d+ operations .*; 0 divergent sequences`), out);
+  });
 });

@@ -9,6 +9,7 @@ import { chmodSync, closeSync, ftruncateSync, lchownSync, linkSync, mkdirSync, o
 import { join } from 'node:path';
 import { lsetxattr, lutimens, mknod } from '../../src/sys/libc';
 import { AVOID } from './differences';
+import { fuzzMode } from './mode';
 
 // ---------------------------------------------------------------------------------------------
 // PRNG
@@ -105,6 +106,8 @@ const FILE_MODES = [0o644, 0o644, 0o600, 0o755, 0o4755, 0o2755, 0o000, 0o444, 0o
 const DIR_MODES = [0o755, 0o755, 0o755, 0o700, 0o1777, 0o2775, 0o555, 0o750, 0o000];
 const FIFO_MODES = [0o644, 0o600, 0o666];
 const IDS = [0, 0, 0, 1000, 65534, 12345];
+/** Owners of layer entries: in a user namespace only id 0 is mapped (chown ops still try all). */
+const layerIds = (): number[] => (fuzzMode().unprivileged ? [0] : IDS);
 export const XATTR_NAMES = ['user.a', 'user.color', 'user.empty', 'user.long'] as const;
 /** 2001-01-01 .. 2021-01-01: every generated time is before any clock time of a run. */
 const T_LO = 978307200;
@@ -207,6 +210,7 @@ export function mergedDirLayers(layers: readonly LayerSpec[]): Map<string, numbe
 
 /** A random set of 1..maxLowers lower layers (top first), in the kernel's format. */
 export function generateLayers(seed: number, lowers?: number): LayerSpec[] {
+  const ids = layerIds();
   const r = new Rng(seed).fork(1);
   const n = lowers ?? r.int(1, 5);
   const layers: LayerSpec[] = [];
@@ -230,7 +234,7 @@ export function generateLayers(seed: number, lowers?: number): LayerSpec[] {
         switch (kind) {
           case 'dir':
             layer.push([p, {
-              kind: 'dir', mode: r.pick(DIR_MODES), uid: r.pick(IDS), gid: r.pick(IDS), mtime: time(r), xattrs: xattrs(r),
+              kind: 'dir', mode: r.pick(DIR_MODES), uid: r.pick(ids), gid: r.pick(ids), mtime: time(r), xattrs: xattrs(r),
               opaque: depth > 0 && r.chance(0.12),
             }]);
             gen(p, depth + 1);
@@ -240,16 +244,16 @@ export function generateLayers(seed: number, lowers?: number): LayerSpec[] {
             const size = sparse ? r.int(1, 4) * 1024 * 1024 + r.int(0, 4095) : fileSize(r);
             layer.push([p, {
               kind: 'file', size, data: r.u32(), sparseAt: sparse ? r.int(0, size - 1) : undefined,
-              mode: r.pick(FILE_MODES), uid: r.pick(IDS), gid: r.pick(IDS), mtime: time(r), xattrs: xattrs(r),
+              mode: r.pick(FILE_MODES), uid: r.pick(ids), gid: r.pick(ids), mtime: time(r), xattrs: xattrs(r),
             }]);
             files.push(p);
             break;
           }
           case 'symlink':
-            layer.push([p, { kind: 'symlink', target: symlinkTarget(r), uid: r.pick(IDS), gid: r.pick(IDS), mtime: time(r) }]);
+            layer.push([p, { kind: 'symlink', target: symlinkTarget(r), uid: r.pick(ids), gid: r.pick(ids), mtime: time(r) }]);
             break;
           case 'fifo':
-            layer.push([p, { kind: 'fifo', mode: r.pick(FIFO_MODES), uid: r.pick(IDS), gid: r.pick(IDS), mtime: time(r) }]);
+            layer.push([p, { kind: 'fifo', mode: r.pick(FIFO_MODES), uid: r.pick(ids), gid: r.pick(ids), mtime: time(r) }]);
             break;
           case 'hardlink':
             layer.push([p, { kind: 'hardlink', to: r.pick(files) }]);
@@ -298,7 +302,7 @@ export function buildLayer(root: string, spec: LayerSpec): void {
     switch (e.kind) {
       case 'dir':
         mkdirSync(p);
-        if (e.opaque) lsetxattr(p, 'trusted.overlay.opaque', Buffer.from('y'));
+        if (e.opaque) lsetxattr(p, `${fuzzMode().overlayXattrs}opaque`, Buffer.from('y'));
         break;
       case 'file': {
         const fd = openSync(p, 'wx');
@@ -388,8 +392,11 @@ export interface ViewInfo {
   readonly lowerPaths: readonly string[];
   /** Paths where a lower layer holds a whiteout. */
   readonly lowerWhiteouts: ReadonlySet<string>;
-  /** Paths that are hard links of one file share a number here. */
-  readonly linkGroup: ReadonlyMap<string, number>;
+  /**
+   * Link counts of non-directories, as the kernel shows them (its st_ino cannot tell hard
+   * links apart in the unprivileged mode: differences.ts userns-ino).
+   */
+  readonly nlinks: ReadonlyMap<string, number>;
   /** Modes (permission bits) by path. */
   readonly modes: ReadonlyMap<string, number>;
   /**
@@ -402,6 +409,10 @@ export interface ViewInfo {
 }
 
 export const SLOTS = 4;
+
+function hasOtherLinks(v: ViewInfo, path: string): boolean {
+  return (v.nlinks.get(path) ?? 1) > 1;
+}
 
 const NEW_FILE_MODES = [0o644, 0o600, 0o755, 0o4755, 0o000, 0o666, 0o2644];
 const NEW_DIR_MODES = [0o755, 0o700, 0o1777, 0o2775, 0o555, 0o000];
@@ -519,7 +530,7 @@ export class OpGenerator {
       case 'unlink': {
         const path = this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1));
         // differences.ts open-unlinked-links: not the open name of a file with other links.
-        return v.openNames.has(path) && v.linkGroup.has(path) ? [] : [{ t: 'unlink', path }];
+        return v.openNames.has(path) && hasOtherLinks(v, path) ? [] : [{ t: 'unlink', path }];
       }
       case 'rename': {
         const from = this.anyPath(v);
@@ -534,7 +545,7 @@ export class OpGenerator {
           [...v.types.keys()].some((p) => p.startsWith(`${to}/`))) return [];
         // differences.ts open-target-hardlink-rename: not onto an open name of the same file;
         // open-unlinked-links: not over an open name of a file that has other links.
-        if (v.openNames.has(to) && v.linkGroup.has(to)) return [];
+        if (v.openNames.has(to) && hasOtherLinks(v, to)) return [];
         return [{ t: 'rename', from, to }];
       }
       case 'link':

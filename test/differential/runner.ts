@@ -17,6 +17,7 @@ import { Worker } from 'node:worker_threads';
 import { lgetxattr, lremovexattr, lsetxattr, lutimens, mknod } from '../../src/sys/libc';
 import { mountKernel, mountTs, type Mounted } from '../helpers/mounts';
 import { buildLayer, dataBytes, describeOp, generateLayers, OpGenerator, Rng, SLOTS, type LayerSpec, type Op, type OpenFlag, type ViewInfo } from './generate';
+import { fuzzMode } from './mode';
 import { diffUppers, diffViews, fstatSummary, pictureUpper, readAll, sha, statSummary, takeView, type Diff, type View } from './view';
 
 // ---------------------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ export const TS_EXTRA_OPTIONS: string[] = [];
 async function mountSide(side: Side, lowers: string[], upper = side.upper, work = side.work): Promise<void> {
   const dirs = { lowers, upper, work };
   if (side.name === 'kernel') {
-    side.mounted = await mountKernel(dirs, side.mnt);
+    side.mounted = await mountKernel(dirs, side.mnt, [...fuzzMode().kernelOptions]);
   } else {
     side.mounted = await mountTs(dirs, side.mnt, TS_EXTRA_OPTIONS);
     side.pid = serverPid(side.mnt);
@@ -360,8 +361,7 @@ function firstToken(outcome: string): string {
 }
 
 function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<string>, slots: SlotNames): ViewInfo {
-  const linkGroup = new Map<string, number>();
-  view.linkGroups.forEach((g, i) => g.forEach((p) => linkGroup.set(p, i)));
+  const nlinks = new Map<string, number>();
   const types = new Map<string, string>();
   const sizes = new Map<string, number>();
   const modes = new Map<string, number>();
@@ -370,8 +370,9 @@ function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<
     if (p === '.') continue;
     types.set(p, e.type);
     if (e.type === 'file') sizes.set(p, e.size);
+    if (e.type !== 'dir') nlinks.set(p, e.nlink);
   }
-  return { types, sizes, modes, lowerPaths, lowerWhiteouts, linkGroup, slots: slots.states(), openNames: slots.openNames() };
+  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: slots.states(), openNames: slots.openNames() };
 }
 
 /**
@@ -682,7 +683,7 @@ export interface Report {
 }
 
 export function reproCommand(r: Report): string {
-  const lowers = r.lowers !== undefined ? ` --lowers ${r.lowers}` : '';
+  const lowers = `${r.lowers !== undefined ? ` --lowers ${r.lowers}` : ''}${fuzzMode().unprivileged ? ' --unprivileged' : ''}`;
   if (r.generated === 0) return `scripts/fuzz --replay FILE (seed ${r.seed}${lowers}, a hand-written sequence)`;
   if (r.keep.length === 0) return `scripts/fuzz --seed ${r.seed} --ops 0${lowers}`;
   const keep = r.keep.length === r.generated && r.keep.every((k, i) => k === i) ? '' : ` --keep ${r.keep.join(',')}`;

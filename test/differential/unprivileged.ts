@@ -1,0 +1,44 @@
+/**
+ * `scripts/fuzz --unprivileged`, started as root: runs the fuzzer again as an ordinary user
+ * (nobody) inside `unshare -Urm`, the way rootless podman and CI sandboxes use ts-overlayfs.
+ * That user cannot read a checkout under /root, so the program is copied to a directory it
+ * can read; /dev/fuse is opened to everyone for the run (rootless setups do the same) and
+ * given its mode back afterwards.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+const NOBODY = 65534;
+const REPO = join(__dirname, '..', '..', '..');
+const APP_PARTS = ['bin', 'dist', 'node_modules', 'package.json'];
+
+/** Runs `cli.js ARGS` as nobody in new user and mount namespaces; resolves to its exit code. */
+export async function runUnprivileged(args: string[], out: string): Promise<number> {
+  const dir = mkdtempSync('/tmp/tsovl-fuzz-rootless-');
+  const fuseMode = statSync('/dev/fuse').mode & 0o777;
+  try {
+    chmodSync(dir, 0o755);
+    const app = join(dir, 'app');
+    for (const part of APP_PARTS) cpSync(join(REPO, part), join(app, part), { recursive: true });
+    spawnSync('chmod', ['-R', 'a+rX', app]);
+    const tmp = join(dir, 'tmp');
+    mkdirSync(tmp);
+    chownSync(tmp, NOBODY, NOBODY);
+    if (!existsSync(out)) {
+      mkdirSync(out, { recursive: true });
+      chownSync(out, NOBODY, NOBODY);
+    }
+    chmodSync('/dev/fuse', 0o666);
+    const child = spawn('setpriv', [
+      '--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups',
+      'unshare', '-Urm', process.execPath, join(app, 'dist', 'test', 'differential', 'cli.js'), ...args, '--out', out,
+    ], { stdio: 'inherit', env: { ...process.env, TMPDIR: tmp } });
+    const forward = (sig: NodeJS.Signals) => child.kill(sig);
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
+    return await new Promise<number>((resolve) => child.on('close', (code, signal) => resolve(code ?? (signal ? 2 : 0))));
+  } finally {
+    chmodSync('/dev/fuse', fuseMode);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
