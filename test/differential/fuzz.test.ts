@@ -47,21 +47,29 @@ describe('differential fuzzing against kernel overlayfs (fixed seeds)', requires
   }
 });
 
-/** Seeds of the unprivileged run: about 0.8 s each here. */
+/** Runs the fuzzer's command line (scripts/fuzz without the set-up); its exit status and output. */
+function fuzzCommand(args: string[], timeoutMs: number) {
+  // Without NODE_TEST_CONTEXT, which tells cli.js it was loaded as a test file.
+  const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+  const r = spawnSync(process.execPath, [join(__dirname, 'cli.js'), ...args], { encoding: 'utf8', env, timeout: timeoutMs, killSignal: 'SIGINT' });
+  return { status: r.status, stdout: r.stdout, out: `${r.stdout}\n${r.stderr}` };
+}
+
+/** Seeds of the unprivileged run: about 2 s each here. */
 const UNPRIVILEGED_SEEDS = 20;
 
-describe('differential fuzzing in a user namespace (fixed seeds)', requires('root', 'fuse', 'kernel-overlay'), () => {
-  test(`seeds 1 to ${UNPRIVILEGED_SEEDS} as an ordinary user in unshare -Urm`, { timeout: 300_000 }, () => {
-    // Without NODE_TEST_CONTEXT, which tells cli.js it was loaded as a test file.
-    const { NODE_TEST_CONTEXT: _, ...env } = process.env;
-    const r = spawnSync(process.execPath, [join(__dirname, 'cli.js'), '--unprivileged', '--seed', '1', '--count', String(UNPRIVILEGED_SEEDS), '--ops', String(OPS)], {
-      encoding: 'utf8',
-      env,
-      timeout: 280_000,
-      killSignal: 'SIGINT',
-    });
-    const out = `${r.stdout}\n${r.stderr}`;
-    assert.equal(r.status, 0, out);
-    assert.match(r.stdout, new RegExp(`fuzz: ${UNPRIVILEGED_SEEDS} sequences, \\d+ operations .*; 0 divergent sequences`), out);
+describe('the fuzzer\'s command line', requires('root', 'fuse', 'kernel-overlay'), () => {
+  test('--jobs 2 --count 3 splits seeds 7, 8, 9 between two workers and adds up their summaries', { timeout: 120_000 }, () => {
+    const r = fuzzCommand(['--seed', '7', '--count', '3', '--jobs', '2', '--ops', '10'], 100_000);
+    assert.equal(r.status, 0, r.out);
+    const seeds = [...r.stdout.matchAll(/^seed (\d+): ok/gm)].map((m) => Number(m[1])).sort();
+    assert.deepEqual(seeds, [7, 8, 9], r.out);
+    assert.match(r.stdout, /fuzz: 3 sequences, 30 operations .*; 0 divergent sequences/, r.out);
+  });
+
+  test(`--unprivileged: seeds 1 to ${UNPRIVILEGED_SEEDS} as an ordinary user in unshare -Urm`, { timeout: 300_000 }, () => {
+    const r = fuzzCommand(['--unprivileged', '--seed', '1', '--count', String(UNPRIVILEGED_SEEDS), '--ops', String(OPS)], 280_000);
+    assert.equal(r.status, 0, r.out);
+    assert.match(r.stdout, new RegExp(`fuzz: ${UNPRIVILEGED_SEEDS} sequences, \\d+ operations .*; 0 divergent sequences`), r.out);
   });
 });
