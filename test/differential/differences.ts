@@ -58,6 +58,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'the generator does not unlink or rename over the open name of a file that has other hard links',
   },
   {
+    name: 'orphan-in-removed-dir',
+    kind: 'deliberate',
+    why: 'a file unlinked while open lives on as a hidden libfuse 2 node in its directory; once that directory is removed, libfuse can no longer name the file and answers ENOENT for I/O and fstat through the descriptor (close still works) (README)',
+    handling: 'the generator does not remove (rmdir, or rename over) a directory that holds a file unlinked while open',
+  },
+  {
     name: 'open-target-hardlink-rename',
     kind: 'deliberate',
     why: 'rename(a, b) where a and b are hard links of one file and b is open: libfuse 2 first hides the open b (.fuse_hidden*), so a then moves onto b; the kernel leaves both names (README)',

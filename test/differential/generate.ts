@@ -406,12 +406,26 @@ export interface ViewInfo {
   readonly slots: readonly ('open' | 'orphan' | null)[];
   /** The names the open slots were opened by (symlinks resolved). */
   readonly openNames: ReadonlySet<string>;
+  /** The names the orphaned slots had when they were unlinked or renamed over. */
+  readonly orphanNames: ReadonlySet<string>;
 }
 
 export const SLOTS = 4;
 
 function hasOtherLinks(v: ViewInfo, path: string): boolean {
   return (v.nlinks.get(path) ?? 1) > 1;
+}
+
+/** `[op]`, or none if it would run into one of the differences below. */
+function allowed(v: ViewInfo, op: Op): Op[] {
+  const gone = op.t === 'unlink' || op.t === 'rmdir' ? op.path : op.t === 'rename' ? op.to : null;
+  if (gone === null) return [op];
+  // differences.ts open-unlinked-links: not the open name of a file with other links;
+  // open-target-hardlink-rename: not onto an open name of the same file.
+  if (v.openNames.has(gone) && hasOtherLinks(v, gone)) return [];
+  // differences.ts orphan-in-removed-dir: not a directory holding an unlinked open file.
+  if ([...v.orphanNames].some((n) => n.startsWith(`${gone}/`))) return [];
+  return [op];
 }
 
 const NEW_FILE_MODES = [0o644, 0o600, 0o755, 0o4755, 0o000, 0o666, 0o2644];
@@ -526,12 +540,9 @@ export class OpGenerator {
         return [{ t: 'mkdir', path: r.chance(0.85) ? this.newPath(v) : this.anyPath(v), mode: r.pick(NEW_DIR_MODES) }];
       }
       case 'rmdir':
-        return [{ t: 'rmdir', path: this.anyPath(v, (t) => t === 'dir' || r.chance(0.1)) }];
-      case 'unlink': {
-        const path = this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1));
-        // differences.ts open-unlinked-links: not the open name of a file with other links.
-        return v.openNames.has(path) && hasOtherLinks(v, path) ? [] : [{ t: 'unlink', path }];
-      }
+        return allowed(v, { t: 'rmdir', path: this.anyPath(v, (t) => t === 'dir' || r.chance(0.1)) });
+      case 'unlink':
+        return allowed(v, { t: 'unlink', path: this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1)) });
       case 'rename': {
         const from = this.anyPath(v);
         let to: string;
@@ -543,10 +554,7 @@ export class OpGenerator {
         // differences.ts failed-rename-opaque: no directory over a non-empty directory.
         if (AVOID.failedRenameOpaque && v.types.get(from) === 'dir' && v.types.get(to) === 'dir' &&
           [...v.types.keys()].some((p) => p.startsWith(`${to}/`))) return [];
-        // differences.ts open-target-hardlink-rename: not onto an open name of the same file;
-        // open-unlinked-links: not over an open name of a file that has other links.
-        if (v.openNames.has(to) && hasOtherLinks(v, to)) return [];
-        return [{ t: 'rename', from, to }];
+        return allowed(v, { t: 'rename', from, to });
       }
       case 'link':
         return [{ t: 'link', from: this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1)), to: r.chance(0.85) ? this.newPath(v) : this.anyPath(v) }];
@@ -589,7 +597,7 @@ export class OpGenerator {
           [victim !== null ? 3 : 0, { t: 'rename', from: victim ?? fresh, to: fresh }],
           [victim !== null ? 2 : 0, { t: 'rmdir', path: victim ?? fresh }],
         ] as const);
-        return [{ t: 'readdirDuring', path: dir, inner }];
+        return allowed(v, inner).length > 0 ? [{ t: 'readdirDuring', path: dir, inner }] : [];
       }
       case 'staleFd': {
         // A descriptor opened read-only before a copy-up, then the file changes through

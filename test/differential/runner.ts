@@ -372,13 +372,13 @@ function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<
     if (e.type === 'file') sizes.set(p, e.size);
     if (e.type !== 'dir') nlinks.set(p, e.nlink);
   }
-  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: slots.states(), openNames: slots.openNames() };
+  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: slots.states(), openNames: slots.openNames(), orphanNames: slots.orphanNames() };
 }
 
 /**
  * The name each descriptor slot was opened by, followed through renames the way libfuse 2
  * follows its nodes; 'orphan' once that name is unlinked or renamed over. (Kernel side; only
- * for steering around known-bugs.ts io-after-unlink.)
+ * for steering around differences.ts open-unlinked-links and orphan-in-removed-dir.)
  */
 class SlotNames {
   private readonly names: (string | null)[] = new Array(SLOTS).fill(null);
@@ -388,6 +388,10 @@ class SlotNames {
 
   openNames(): Set<string> {
     return new Set(this.names.filter((n, i): n is string => n !== null && !this.orphan[i]));
+  }
+
+  orphanNames(): Set<string> {
+    return new Set(this.names.filter((n, i): n is string => n !== null && this.orphan[i]));
   }
 
   states(): ('open' | 'orphan' | null)[] {
