@@ -7,7 +7,7 @@
 import { closeSync, fsyncSync, lchownSync, chmodSync, lstatSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, type BigIntStats } from 'node:fs';
 import { read as fsRead, write as fsWrite, constants as fsc } from 'node:fs';
 import { errorFor, hasCode } from '../errors';
-import { lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
+import { dup2, lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
 import { isPrivateXattr } from './format';
 import { layerPath, type Layer } from './layer';
 import type { OverlayTree, OvlNode } from './tree';
@@ -181,4 +181,18 @@ function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string, lowerNlink
   if (node.isDir) node.prependUpper(ctx.upper);
   else node.layer = ctx.upper;
   parent.upperListing()?.entries.set(node.name, node.isDir ? 'dir' : 'other');
+  followCopyUp(node, target);
+}
+
+/** Points the descriptors still open on the lower file at the upper copy, keeping their numbers. */
+function followCopyUp(node: OvlNode, upperPath: string): void {
+  for (const [fd, flags] of node.lowerFds) {
+    const copy = openSync(upperPath, (flags & ~fsc.O_TRUNC) | fsc.O_NOFOLLOW);
+    try {
+      dup2(copy, fd);
+    } finally {
+      closeSync(copy);
+    }
+  }
+  node.lowerFds.clear();
 }

@@ -2,8 +2,8 @@
  * The overlay filesystem's operations on overlay paths, independent of FUSE: each returns
  * plain data or throws an error carrying an errno (OvlError or Node's own).
  */
-import { constants as fsc, lstatSync, readlinkSync, rmSync, promises as fsp } from 'node:fs';
-import { read as fsRead, close as fsClose, open as fsOpen, write as fsWrite, fsync as fsFsync, fdatasync as fsFdatasync, ftruncate as fsFtruncate } from 'node:fs';
+import { constants as fsc, lstatSync, openSync, readlinkSync, rmSync, promises as fsp } from 'node:fs';
+import { read as fsRead, close as fsClose, write as fsWrite, fsync as fsFsync, fdatasync as fsFdatasync, ftruncate as fsFtruncate } from 'node:fs';
 import { errorFor } from '../errors';
 import { lgetxattr, llistxattr } from '../sys/libc';
 import { isPrivateXattr } from './format';
@@ -209,8 +209,18 @@ export class Overlay {
     const node = await this.resolve(path);
     const truncating = (flags & fsc.O_TRUNC) !== 0;
     if ((flags & ACCESS_WRITE_FLAGS) !== 0 || truncating) await writes.openForWrite(this.ctx, node, truncating);
-    return promised((cb) => fsOpen(node.realPath, (flags & PASSED_OPEN_FLAGS) | fsc.O_NOFOLLOW, cb));
+    // Synchronous, so that no copy-up can land between the open and the bookkeeping below.
+    const passed = (flags & PASSED_OPEN_FLAGS) | fsc.O_NOFOLLOW;
+    const fd = openSync(node.realPath, passed);
+    if (!node.layer.upper && node.detachedAt === undefined) {
+      node.lowerFds.set(fd, passed);
+      this.lowerFdNodes.set(fd, node);
+    }
+    return fd;
   }
+
+  /** The lower-layer entries of open descriptors, to forget them at release. */
+  private readonly lowerFdNodes = new Map<number, OvlNode>();
 
   async create(path: string, mode: number): Promise<number> {
     const ctx = this.ctx;
@@ -336,6 +346,8 @@ export class Overlay {
   }
 
   release(fd: number): Promise<void> {
+    this.lowerFdNodes.get(fd)?.lowerFds.delete(fd);
+    this.lowerFdNodes.delete(fd);
     return promised((cb) => fsClose(fd, cb));
   }
 

@@ -35,6 +35,12 @@ export class OvlNode {
   removed = false;
   /** A copy-up in progress, which later writers wait for instead of starting their own. */
   copyUp?: Promise<void>;
+  /**
+   * Descriptors opened on this file while it was in a lower layer (descriptor -> open flags).
+   * A copy-up points them at the upper copy, as the kernel's overlay reopens its real file:
+   * reads through them then see later writes.
+   */
+  readonly lowerFds = new Map<number, number>();
 
   constructor(
     public name: string,

@@ -66,6 +66,10 @@ function isWhiteoutAt(path: string): boolean {
 /** A kernel whiteout, owned like the kernel's (the mounter's ids, whatever the directory's group). */
 function makeWhiteout(path: string): void {
   mknod(path, S_IFCHR, 0);
+  ownWhiteout(path);
+}
+
+function ownWhiteout(path: string): void {
   lchownSync(path, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
 }
 
@@ -339,7 +343,10 @@ function renameWithWhiteout(from: string, to: string): void {
     if (!hasCode(err, 'EINVAL', 'EPERM', 'ENOSYS')) throw err;
     renameSync(from, to);
     makeWhiteout(from);
+    return;
   }
+  // The filesystem made it like any new entry: in a set-group-ID directory, of its group.
+  ownWhiteout(from);
 }
 
 export async function truncate(ctx: WriteContext, node: OvlNode, size: number): Promise<void> {

@@ -81,6 +81,18 @@ describe('fuzzer-found divergences from kernel overlayfs', requires('root', 'fus
     ]);
   });
 
+  test('a descriptor opened read-only before a copy-up reads what is written after it', async () => {
+    // The unlink keeps the per-step views from reading the file into the kernel's page cache.
+    await sameAsKernel([[['sub', file(51)], ['keep', file()]]], [
+      [{ t: 'open', slot: 0, path: 'sub', flags: ['RDONLY'], mode: 0 }, 'ok file'],
+      [{ t: 'open', slot: 1, path: 'sub', flags: ['WRONLY', 'APPEND'], mode: 0 }, 'ok file'],
+      [{ t: 'unlink', path: 'sub' }, 'ok'],
+      [{ t: 'write', slot: 1, pos: null, data: { s: 3, n: 68587 } }, 'ok 68587'],
+      [{ t: 'read', slot: 0, pos: 5915, len: 70000 }, 'ok 62723'],
+      [{ t: 'fstat', slot: 0 }, 'ok file 644 0:0 nlink=0 size=68638'],
+    ]);
+  });
+
   test('a lower file unlinked or renamed over while open keeps its link count; an upper one drops to 0', async () => {
     await sameAsKernel([[['x', file(20)], ['b', file(30, { data: 9 })], ['y', file()]]], [
       [{ t: 'open', slot: 0, path: 'x', flags: ['RDONLY'], mode: 0 }, 'ok file'],
@@ -125,6 +137,13 @@ describe('fuzzer-found divergences from kernel overlayfs', requires('root', 'fus
   test('a whiteout in a set-group-ID directory belongs to root:root, as the kernel makes it', async () => {
     await sameAsKernel([[['sg', dir({ mode: 0o2775, gid: 65534 })], ['sg/f', file()]]], [
       [{ t: 'unlink', path: 'sg/f' }, 'ok'],
+    ]);
+  });
+
+  test('the whiteout a rename leaves in a set-group-ID directory belongs to root:root too', async () => {
+    await sameAsKernel([[['sg', dir({ mode: 0o2775, gid: 1000 })], ['sg/x', file()], ['d', dir()], ['d/x', file()]]], [
+      [{ t: 'unlink', path: 'd/x' }, 'ok'],
+      [{ t: 'rename', from: 'sg/x', to: 'd/x' }, 'ok'],
     ]);
   });
 
