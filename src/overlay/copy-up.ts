@@ -4,9 +4,10 @@
  * upper layer in one step; its parent directories are copied up first, the same way.
  * A file keeps its st_ino. Concurrent first writers share one copy-up.
  */
-import { closeSync, fsyncSync, lchownSync, chmodSync, lstatSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, type BigIntStats } from 'node:fs';
+import { closeSync, fsyncSync, ftruncateSync, lchownSync, chmodSync, lstatSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, type BigIntStats } from 'node:fs';
 import { read as fsRead, write as fsWrite, constants as fsc } from 'node:fs';
 import { errorFor, hasCode } from '../errors';
+import { log } from '../log';
 import { dup2, lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
 import { isPrivateXattr } from './format';
 import { layerPath, type Layer } from './layer';
@@ -120,7 +121,6 @@ async function copyData(src: string, out: number, size: number): Promise<void> {
     closeSync(input);
   }
   // A hole at the end is kept by the size alone.
-  const { ftruncateSync } = await import('node:fs');
   ftruncateSync(out, size);
 }
 
@@ -187,11 +187,16 @@ function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string, lowerNlink
 /** Points the descriptors still open on the lower file at the upper copy, keeping their numbers. */
 function followCopyUp(node: OvlNode, upperPath: string): void {
   for (const [fd, flags] of node.lowerFds) {
-    const copy = openSync(upperPath, (flags & ~fsc.O_TRUNC) | fsc.O_NOFOLLOW);
     try {
-      dup2(copy, fd);
-    } finally {
-      closeSync(copy);
+      const copy = openSync(upperPath, (flags & ~fsc.O_TRUNC) | fsc.O_NOFOLLOW);
+      try {
+        dup2(copy, fd);
+      } finally {
+        closeSync(copy);
+      }
+    } catch (err) {
+      // The copy-up itself is done; this descriptor just goes on reading the lower file.
+      log.error('descriptor %d of %s stays on the lower file: %s', fd, node.path, (err as Error).message);
     }
   }
   node.lowerFds.clear();

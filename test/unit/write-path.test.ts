@@ -117,6 +117,19 @@ describe('copy-up', requires('root'), () => {
     assert.ok(!existsSync(join(f.upper, 'f')));
   });
 
+  test('a descriptor opened read-only before a copy-up reads the upper copy after it', async () => {
+    const f = await fixture([{ f: { kind: 'file', data: 'lower' } }]);
+    const reader = await f.ov.open('/f', 0);
+    try {
+      await writeAt(f.ov, '/f', 'UPPER!', 0);
+      const buf = Buffer.alloc(16);
+      const n = await f.ov.read(reader, buf, buf.length, 0);
+      assert.equal(buf.subarray(0, n).toString(), 'UPPER!');
+    } finally {
+      await f.ov.release(reader);
+    }
+  });
+
   test('concurrent first writers copy up once', async () => {
     const f = await fixture([{ f: { kind: 'file', data: 'x'.repeat(4 << 20) } }]);
     const fds = await Promise.all(Array.from({ length: 8 }, () => f.ov.open('/f', O_RDWR)));
