@@ -66,10 +66,6 @@ function isWhiteoutAt(path: string): boolean {
 /** A kernel whiteout, owned like the kernel's (the mounter's ids, whatever the directory's group). */
 function makeWhiteout(path: string): void {
   mknod(path, S_IFCHR, 0);
-  ownWhiteout(path);
-}
-
-function ownWhiteout(path: string): void {
   lchownSync(path, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
 }
 
@@ -300,7 +296,12 @@ export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, d
   } else if (srcWhiteout && ctx.whiteoutStyle === 'aufs') {
     renameSync(from, to);
     makeAufsWhiteout(ctx, srcDir, src.name);
+  } else if (srcWhiteout && existing === 'whiteout') {
+    // As the kernel does: swap, so the target's whiteout becomes the source's (and keeps its owner).
+    renameat2(from, to, RENAME_EXCHANGE);
   } else if (srcWhiteout) {
+    // The filesystem makes this whiteout like any new entry (of a set-group-ID directory's
+    // group), as it does for the kernel.
     renameWithWhiteout(from, to);
   } else {
     renameSync(from, to);
@@ -343,10 +344,7 @@ function renameWithWhiteout(from: string, to: string): void {
     if (!hasCode(err, 'EINVAL', 'EPERM', 'ENOSYS')) throw err;
     renameSync(from, to);
     makeWhiteout(from);
-    return;
   }
-  // The filesystem made it like any new entry: in a set-group-ID directory, of its group.
-  ownWhiteout(from);
 }
 
 export async function truncate(ctx: WriteContext, node: OvlNode, size: number): Promise<void> {

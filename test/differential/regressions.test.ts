@@ -140,10 +140,11 @@ describe('fuzzer-found divergences from kernel overlayfs', requires('root', 'fus
     ]);
   });
 
-  test('the whiteout a rename leaves in a set-group-ID directory belongs to root:root too', async () => {
-    await sameAsKernel([[['sg', dir({ mode: 0o2775, gid: 1000 })], ['sg/x', file()], ['d', dir()], ['d/x', file()]]], [
+  test('a rename onto a whiteout leaves that whiteout at its source; onto a free name, a new one of a set-group-ID directory\'s group', async () => {
+    await sameAsKernel([[['sg', dir({ mode: 0o2775, gid: 1000 })], ['sg/x', file()], ['sg/y', file()], ['d', dir()], ['d/x', file()]]], [
       [{ t: 'unlink', path: 'd/x' }, 'ok'],
       [{ t: 'rename', from: 'sg/x', to: 'd/x' }, 'ok'],
+      [{ t: 'rename', from: 'sg/y', to: 'sg/z' }, 'ok'],
     ]);
   });
 
