@@ -64,6 +64,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'the generator does not remove (rmdir, or rename over) a directory that holds a file unlinked while open',
   },
   {
+    name: 'hidden-target-whiteout-owner',
+    kind: 'deliberate',
+    why: 'rename(a, b) over an open b: libfuse 2 first hides b, which leaves a whiteout at b where a lower b exists; the rename then moves that whiteout to a\'s place, owned root:root, where the kernel makes a new one, of the directory\'s group in a set-group-ID directory (only the owner of a whiteout in the upper layer differs)',
+    handling: 'the generator does not rename over an open name from a set-group-ID directory',
+  },
+  {
     name: 'open-target-hardlink-rename',
     kind: 'deliberate',
     why: 'rename(a, b) where a and b are hard links of one file and b is open: libfuse 2 first hides the open b (.fuse_hidden*), so a then moves onto b; the kernel leaves both names (README)',

@@ -425,7 +425,14 @@ function allowed(v: ViewInfo, op: Op): Op[] {
   if (v.openNames.has(gone) && hasOtherLinks(v, gone)) return [];
   // differences.ts orphan-in-removed-dir: not a directory holding an unlinked open file.
   if ([...v.orphanNames].some((n) => n.startsWith(`${gone}/`))) return [];
+  // differences.ts hidden-target-whiteout-owner: not over an open name from a set-group-ID directory.
+  if (op.t === 'rename' && v.openNames.has(op.to) && ((v.modes.get(parentOf(op.from)) ?? 0) & 0o2000) !== 0) return [];
   return [op];
+}
+
+function parentOf(path: string): string {
+  const slash = path.lastIndexOf('/');
+  return slash < 0 ? '' : path.slice(0, slash);
 }
 
 const NEW_FILE_MODES = [0o644, 0o600, 0o755, 0o4755, 0o000, 0o666, 0o2644];

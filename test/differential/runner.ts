@@ -545,10 +545,12 @@ export class Fuzzer {
         }
         // Every FULL_VIEW_EVERY steps all data and xattrs are read again, stamps or not.
         const full = (i + 1) % FULL_VIEW_EVERY === 0;
-        kView = takeView(kernel.mnt, { since: full ? undefined : kView });
+        const kBefore = kView;
+        kView = takeView(kernel.mnt, { since: full ? undefined : kBefore });
+        const kernelUnchanged = (p: string) => kBefore.stamps?.get(p) === kView.stamps?.get(p);
         if (ts) {
           try {
-            tView = guard(ts, 'view', () => takeView(ts.mnt, { since: full ? undefined : tView }));
+            tView = guard(ts, 'view', () => takeView(ts.mnt, { since: full ? undefined : tView, alsoUnchanged: kernelUnchanged }));
           } catch (err) {
             if (err instanceof HangError) return { ops, divergence: hang(i, err) };
             return { ops, divergence: { stage: 'view', step: i, signature: 'view:unreadable', detail: `    ts view: ${codeOf(err)} ${String(err)}` } };

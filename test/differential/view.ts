@@ -72,11 +72,14 @@ function xattrsOf(p: string): string[] {
 
 /**
  * The merged view under `root`: every path, never following symlinks. With `since`, the data
- * and xattrs of an entry whose stamp is unchanged are taken from that earlier view instead of
- * being read again: a change of data or xattrs moves ctime, and reading every file through
- * FUSE at every step was most of a fuzzing run's time.
+ * and xattrs of an entry whose stamp is unchanged (and, if given, `alsoUnchanged` says so) are
+ * taken from that earlier view instead of being read again: a change of data or xattrs moves
+ * ctime, and reading every file through FUSE at every step was most of a fuzzing run's time.
+ * A ctime through ts-overlayfs has whole milliseconds only, so two changes within one can keep
+ * its stamp: its view is reused only where the kernel's (nanosecond ctimes, and ext4 makes each
+ * change after a stat move it) is unchanged too.
  */
-export function takeView(root: string, opts: { exactTimes?: boolean; since?: View } = {}): View {
+export function takeView(root: string, opts: { exactTimes?: boolean; since?: View; alsoUnchanged?: (path: string) => boolean } = {}): View {
   const entries = new Map<string, ViewEntry>();
   const stamps = new Map<string, string>();
   const byIno = new Map<bigint, string[]>();
@@ -86,7 +89,8 @@ export function takeView(root: string, opts: { exactTimes?: boolean; since?: Vie
     const st = lstatSync(p, { bigint: true });
     const type = typeOf(Number(st.mode));
     const stamp = `${type} ${st.ino} ${st.size} ${st.mode} ${st.nlink} ${st.mtimeNs} ${st.ctimeNs}`;
-    const before = opts.since?.stamps?.get(key) === stamp ? opts.since.entries.get(key) : undefined;
+    const same = opts.since?.stamps?.get(key) === stamp && (opts.alsoUnchanged?.(key) ?? true);
+    const before = same ? opts.since?.entries.get(key) : undefined;
     const e: ViewEntry = {
       type,
       mode: (Number(st.mode) & 0o7777).toString(8),
