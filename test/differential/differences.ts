@@ -78,8 +78,8 @@ export const DIFFERENCES: readonly Difference[] = [
   {
     name: 'userns-ino',
     kind: 'kernel-quirk',
-    why: 'with userxattr (unprivileged mode) the kernel cannot record where a copied-up file came from (its user.overlay.origin is empty), so the file shows its lower st_ino while its dentry stays cached and the upper file\'s st_ino after: a hard link made to it shows another number, and after a remount every name does; ts-overlayfs keeps one number for all names',
-    handling: 'in unprivileged mode the views\' hard-link groups are not compared (nlink still is, and the upper layers\' hard links are)',
+    why: 'with userxattr (unprivileged mode) the kernel cannot record where a copied-up file came from (its user.overlay.origin is empty), so the file shows its lower st_ino while its dentry stays cached and the upper file\'s st_ino after: a hard link made to it shows another number, and after a remount every name does; ts-overlayfs keeps one number for all names. Renaming one of those names onto another fails there with ESTALE (POSIX: success, nothing changes, as on ts-overlayfs)',
+    handling: 'in unprivileged mode the views\' hard-link groups are not compared (nlink still is, and the upper layers\' hard links are), and the generator does not rename a name with other links onto another such name',
   },
   {
     name: 'whiteout-in-unmerged-dir',

@@ -425,6 +425,8 @@ function allowed(v: ViewInfo, op: Op): Op[] {
   if (v.openNames.has(gone) && hasOtherLinks(v, gone)) return [];
   // differences.ts orphan-in-removed-dir: not a directory holding an unlinked open file.
   if ([...v.orphanNames].some((n) => n.startsWith(`${gone}/`))) return [];
+  // differences.ts userns-ino: not between two names that may be one file, in a user namespace.
+  if (op.t === 'rename' && fuzzMode().unprivileged && hasOtherLinks(v, op.from) && hasOtherLinks(v, op.to)) return [];
   // differences.ts hidden-target-whiteout-owner: not over an open name from a set-group-ID directory.
   if (op.t === 'rename' && v.openNames.has(op.to) && ((v.modes.get(parentOf(op.from)) ?? 0) & 0o2000) !== 0) return [];
   return [op];
