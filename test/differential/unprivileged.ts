@@ -33,7 +33,8 @@ export async function runUnprivileged(args: string[], out: string): Promise<numb
     const child = spawn('setpriv', [
       '--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups',
       'unshare', '-Urm', process.execPath, join(app, 'dist', 'test', 'differential', 'cli.js'), ...args, '--out', out,
-    ], { stdio: 'inherit', env: { ...process.env, TMPDIR: tmp } });
+    ], { stdio: 'inherit', env: { ...process.env, TMPDIR: tmp }, detached: true });
+    // Its own process group: a terminal's Ctrl-C reaches it once, from here (a second one quits at once).
     const forward = (sig: NodeJS.Signals) => child.kill(sig);
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
     return await new Promise<number>((resolve) => child.on('close', (code, signal) => resolve(code ?? (signal ? 2 : 0))));
