@@ -64,6 +64,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'the generator does not remove (rmdir, or rename over) a directory that holds a file unlinked while open',
   },
   {
+    name: 'removed-open-nonfile',
+    kind: 'deliberate',
+    why: 'libfuse 2 keeps only regular files it opened alive under a hidden name; a directory or fifo removed (or renamed over) while open can no longer be named by its path API, so fstat through the descriptor fails with ENOENT where the kernel answers (nlink 0, or the lower fifo\'s own) (README)',
+    handling: 'the generator does not remove or rename over the open name of anything but a regular file',
+  },
+  {
     name: 'hidden-target-whiteout-owner',
     kind: 'deliberate',
     why: 'rename(a, b) over an open b: libfuse 2 first hides b, which leaves a whiteout at b where a lower b exists; the rename then moves that whiteout to a\'s place, owned root:root, where the kernel makes a new one, of the directory\'s group in a set-group-ID directory (only the owner of a whiteout in the upper layer differs)',

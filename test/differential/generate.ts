@@ -423,6 +423,8 @@ function allowed(v: ViewInfo, op: Op): Op[] {
   // differences.ts open-unlinked-links: not the open name of a file with other links;
   // open-target-hardlink-rename: not onto an open name of the same file.
   if (v.openNames.has(gone) && hasOtherLinks(v, gone)) return [];
+  // differences.ts removed-open-nonfile: not the open name of a directory, fifo or symlink.
+  if (v.openNames.has(gone) && v.types.get(gone) !== 'file') return [];
   // differences.ts orphan-in-removed-dir: not a directory holding an unlinked open file.
   if ([...v.orphanNames].some((n) => n.startsWith(`${gone}/`))) return [];
   // differences.ts userns-ino: not between two names that may be one file, in a user namespace.
