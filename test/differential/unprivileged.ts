@@ -5,23 +5,18 @@
  * can read; /dev/fuse is opened to everyone for the run (rootless setups do the same) and
  * given its mode back afterwards.
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-
-const NOBODY = 65534;
-const REPO = join(__dirname, '..', '..', '..');
-const APP_PARTS = ['bin', 'dist', 'node_modules', 'package.json'];
+import { asNobodyInNamespaces, copyProgramForNobody, NOBODY, openDevFuse } from '../helpers/rootless';
 
 /** Runs `cli.js ARGS` as nobody in new user and mount namespaces; resolves to its exit code. */
 export async function runUnprivileged(args: string[], out: string): Promise<number> {
   const dir = mkdtempSync('/tmp/tsovl-fuzz-rootless-');
-  const fuseMode = statSync('/dev/fuse').mode & 0o777;
+  let restoreFuse: (() => void) | undefined;
   try {
     chmodSync(dir, 0o755);
-    const app = join(dir, 'app');
-    for (const part of APP_PARTS) cpSync(join(REPO, part), join(app, part), { recursive: true });
-    spawnSync('chmod', ['-R', 'a+rX', app]);
+    const app = copyProgramForNobody(dir);
     const tmp = join(dir, 'tmp');
     mkdirSync(tmp);
     chownSync(tmp, NOBODY, NOBODY);
@@ -29,17 +24,15 @@ export async function runUnprivileged(args: string[], out: string): Promise<numb
       mkdirSync(out, { recursive: true });
       chownSync(out, NOBODY, NOBODY);
     }
-    chmodSync('/dev/fuse', 0o666);
-    const child = spawn('setpriv', [
-      '--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups',
-      'unshare', '-Urm', process.execPath, join(app, 'dist', 'test', 'differential', 'cli.js'), ...args, '--out', out,
-    ], { stdio: 'inherit', env: { ...process.env, TMPDIR: tmp }, detached: true });
+    restoreFuse = openDevFuse();
+    const child = spawn(...asNobodyInNamespaces([process.execPath, join(app, 'dist', 'test', 'differential', 'cli.js'), ...args, '--out', out]),
+      { stdio: 'inherit', env: { ...process.env, TMPDIR: tmp }, detached: true });
     // Its own process group: a terminal's Ctrl-C reaches it once, from here (a second one quits at once).
     const forward = (sig: NodeJS.Signals) => child.kill(sig);
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
     return await new Promise<number>((resolve) => child.on('close', (code, signal) => resolve(code ?? (signal ? 2 : 0))));
   } finally {
-    chmodSync('/dev/fuse', fuseMode);
+    restoreFuse?.();
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -5,17 +5,16 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, cpSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { REPO, requires } from '../helpers/env';
+import { requires } from '../helpers/env';
 import { buildLayer, removeDir, tempDir } from '../helpers/layers';
-
-const NOBODY = 65534;
+import { asNobodyInNamespaces, copyProgramForNobody, NOBODY, openDevFuse } from '../helpers/rootless';
 
 /** Runs a shell script as an unprivileged user in new user and mount namespaces. */
 function asRootlessUser(script: string, timeoutMs = 60000) {
-  return spawnSync('setpriv', ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', 'unshare', '-Urm', 'bash', '-c', script], {
+  return spawnSync(...asNobodyInNamespaces(['bash', '-c', script]), {
     encoding: 'utf8',
     timeout: timeoutMs,
     killSignal: 'SIGKILL',
@@ -49,16 +48,14 @@ upper() { # whiteouts and opaque markers as a layer reader sees them
 
 describe('rootless mounting (unshare -Urm as an unprivileged user)', requires('root', 'fuse', 'kernel-overlay'), () => {
   let dir: string;
-  let fuseMode: number;
+  let restoreFuse: (() => void) | undefined;
   let out = '';
   let sections: Record<string, string> = {};
 
   before(() => {
     dir = tempDir('rootless');
     chmodSync(dir, 0o755);
-    fuseMode = statSync('/dev/fuse').mode & 0o777;
-    // An unprivileged user needs /dev/fuse; rootless podman setups make it 0666 too.
-    chmodSync('/dev/fuse', 0o666);
+    restoreFuse = openDevFuse();
     buildLayer(join(dir, 'lower'), {
       'lower-file': { kind: 'file', data: 'lower\n' },
       'lower-gone': { kind: 'file', data: 'gone' },
@@ -69,10 +66,7 @@ describe('rootless mounting (unshare -Urm as an unprivileged user)', requires('r
       'opaque-in-lower/visible': { kind: 'file' },
     });
     buildLayer(join(dir, 'lower2'), { 'opaque-in-lower/hidden': { kind: 'file' }, 'merged/from-lower2': { kind: 'file' } });
-    // The program itself must be readable by the unprivileged user, wherever the clone is.
-    const app = join(dir, 'app');
-    for (const part of ['bin', 'dist', 'node_modules', 'package.json']) cpSync(join(REPO, part), join(app, part), { recursive: true });
-    spawnSync('chmod', ['-R', 'a+rX', app]);
+    copyProgramForNobody(dir);
     const own = ['ts-upper', 'ts-work', 'ts-mnt', 'k-upper', 'k-work', 'k-mnt', 'logs'];
     for (const d of own) buildLayer(join(dir, d), {});
     spawnSync('chown', ['-R', `${NOBODY}:${NOBODY}`, join(dir, 'lower'), join(dir, 'lower2')]);
@@ -110,7 +104,7 @@ echo "== end"
   });
 
   after(() => {
-    if (fuseMode !== undefined) chmodSync('/dev/fuse', fuseMode);
+    restoreFuse?.();
     if (dir) {
       for (const m of ['ts-mnt', 'k-mnt']) spawnSync('umount', ['-l', join(dir, m)]);
       removeDir(dir);
