@@ -299,6 +299,17 @@ export class Overlay {
     if (src.isDir && !writes.canMoveDir(src)) throw errorFor('EXDEV', from);
     if (dst && dst.isDir && (await this.mergedNames(dst)).length > 0) throw errorFor('ENOTEMPTY', to);
     await writes.rename(ctx, src, dstDir, name, dst);
+    if (src.isDir) this.moveHidden(from, to);
+  }
+
+  /** libfuse 2 names a hidden file by its directory's path: that changes when the directory moves. */
+  private moveHidden(fromDir: string, toDir: string): void {
+    const prefix = `${fromDir}/`;
+    for (const [path, node] of [...this.hidden]) {
+      if (!path.startsWith(prefix)) continue;
+      this.hidden.delete(path);
+      this.hidden.set(`${toDir}/${path.slice(prefix.length)}`, node);
+    }
   }
 
   async truncate(path: string, size: number): Promise<void> {

@@ -166,6 +166,30 @@ describe('fuzzer-found divergences from kernel overlayfs', requires('root', 'fus
   });
 
 
+  test('descriptors of files unlinked while open work on after their directory is renamed', async () => {
+    // Seed 900974 (100 operations): the hidden names moved with the directory; ts-overlayfs
+    // went on looking for them under the old path.
+    await sameAsKernel([[['sub', file(5)], ['keep', file()]]], [
+      [{ t: 'mkdir', path: 'a', mode: 0o755 }, 'ok'],
+      [{ t: 'mkdir', path: 'a/d', mode: 0o755 }, 'ok'],
+      [{ t: 'open', slot: 0, path: 'a/f', flags: ['RDWR', 'CREAT'], mode: 0o644 }, 'ok file'],
+      [{ t: 'open', slot: 1, path: 'a/d/g', flags: ['RDWR', 'CREAT'], mode: 0o644 }, 'ok file'],
+      [{ t: 'write', slot: 1, pos: 0, data: { s: 6, n: 12 } }, 'ok 12'],
+      [{ t: 'unlink', path: 'a/f' }, 'ok'],
+      [{ t: 'unlink', path: 'a/d/g' }, 'ok'],
+      [{ t: 'unlink', path: 'sub' }, 'ok'],
+      [{ t: 'rename', from: 'a', to: 'sub' }, 'ok'],
+      [{ t: 'rename', from: 'sub/d', to: 'e' }, 'ok'],
+      [{ t: 'read', slot: 0, pos: 0, len: 100 }, 'ok 0'],
+      [{ t: 'write', slot: 0, pos: 3, data: { s: 7, n: 4 } }, 'ok 4'],
+      [{ t: 'fstat', slot: 0 }, 'ok file 644 0:0 nlink=0 size=7'],
+      [{ t: 'read', slot: 1, pos: 0, len: 100 }, 'ok 12'],
+      [{ t: 'fstat', slot: 1 }, 'ok file 644 0:0 nlink=0 size=12'],
+      [{ t: 'close', slot: 0 }, 'ok'],
+      [{ t: 'close', slot: 1 }, 'ok'],
+    ]);
+  });
+
   test('rename between two lower hard links of one file renames, as in the kernel', async () => {
     await sameAsKernel([[['c', file()], ['x', { kind: 'hardlink', to: 'c' }], ['keep', file()]]], [
       [{ t: 'rename', from: 'c', to: 'x' }, 'ok'],
