@@ -70,6 +70,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'the generator does not remove or rename over the open name of anything but a regular file',
   },
   {
+    name: 'fifo-links',
+    kind: 'deliberate',
+    why: 'the hard links of a fifo are separate pipes through ts-overlayfs: the kernel keeps a fifo\'s pipe on its inode, and libfuse 2 gives each name its own inode, so a reader opened through one name is no reader for another (a non-blocking writer gets ENXIO) and data does not pass between the names (README)',
+    handling: 'the generator does not open a fifo that has other links (by any of its names, or a symlink to one)',
+  },
+  {
     name: 'hidden-target-whiteout-owner',
     kind: 'deliberate',
     why: 'rename(a, b) over an open b: libfuse 2 first hides b, which leaves a whiteout at b where a lower b exists; the rename then moves that whiteout to a\'s place, owned root:root, where the kernel makes a new one, of the directory\'s group in a set-group-ID directory (only the owner of a whiteout in the upper layer differs)',

@@ -408,6 +408,8 @@ export interface ViewInfo {
   readonly openNames: ReadonlySet<string>;
   /** The names the orphaned slots had when they were unlinked or renamed over. */
   readonly orphanNames: ReadonlySet<string>;
+  /** Paths that open a fifo with more than one link (its names, and symlinks to them). */
+  readonly linkedFifos: ReadonlySet<string>;
 }
 
 export const SLOTS = 4;
@@ -418,6 +420,12 @@ function hasOtherLinks(v: ViewInfo, path: string): boolean {
 
 /** `[op]`, or none if it would run into one of the differences below. */
 function allowed(v: ViewInfo, op: Op): Op[] {
+  // differences.ts fifo-links: no fifo opened through a name when it has other links.
+  const opened = op.t === 'open' || op.t === 'readFile' || op.t === 'writeFile' || op.t === 'append' ? op.path : null;
+  if (opened !== null && v.linkedFifos.has(opened)) return [];
+  // differences.ts failed-rename-opaque: no directory over a non-empty directory.
+  if (op.t === 'rename' && AVOID.failedRenameOpaque && v.types.get(op.from) === 'dir' && v.types.get(op.to) === 'dir' &&
+    [...v.types.keys()].some((p) => p.startsWith(`${op.to}/`))) return [];
   const gone = op.t === 'unlink' || op.t === 'rmdir' ? op.path : op.t === 'rename' ? op.to : null;
   if (gone === null) return [op];
   // differences.ts open-unlinked-links: not the open name of a file with other links;
@@ -527,7 +535,7 @@ export class OpGenerator {
     switch (kind) {
       case 'open': {
         const free = v.slots.flatMap((s, i) => (s === null ? [i] : []));
-        return [{ t: 'open', slot: free.length > 0 ? r.pick(free) : r.int(0, SLOTS - 1), path: r.chance(0.75) ? this.file(v) : this.newPath(v), flags: this.openFlags(), mode: r.pick(NEW_FILE_MODES) }];
+        return allowed(v, { t: 'open', slot: free.length > 0 ? r.pick(free) : r.int(0, SLOTS - 1), path: r.chance(0.75) ? this.file(v) : this.newPath(v), flags: this.openFlags(), mode: r.pick(NEW_FILE_MODES) });
       }
       case 'close':
         return [{ t: 'close', slot: closable! }];
@@ -540,11 +548,11 @@ export class OpGenerator {
       case 'fstat':
         return [{ t: 'fstat', slot: slot! }];
       case 'readFile':
-        return [{ t: 'readFile', path: this.file(v) }];
+        return allowed(v, { t: 'readFile', path: this.file(v) });
       case 'writeFile':
-        return [{ t: 'writeFile', path: r.chance(0.5) ? this.file(v) : this.newPath(v), data: dataOf(r), mode: r.pick(NEW_FILE_MODES) }];
+        return allowed(v, { t: 'writeFile', path: r.chance(0.5) ? this.file(v) : this.newPath(v), data: dataOf(r), mode: r.pick(NEW_FILE_MODES) });
       case 'append':
-        return [{ t: 'append', path: this.file(v), data: dataOf(r) }];
+        return allowed(v, { t: 'append', path: this.file(v), data: dataOf(r) });
       case 'truncate':
         return [{ t: 'truncate', path: this.file(v), size: r.pick([0, 0, 1, 10, 4096, 100000, 3000000]) }];
       case 'mkdir': {
@@ -562,9 +570,6 @@ export class OpGenerator {
         else if (how === 'over') to = this.existing(v, (t) => (v.types.get(from) === 'dir') === (t === 'dir') || r.chance(0.2)) ?? this.newPath(v);
         else if (how === 'new') to = this.newPath(v);
         else to = this.anyPath(v);
-        // differences.ts failed-rename-opaque: no directory over a non-empty directory.
-        if (AVOID.failedRenameOpaque && v.types.get(from) === 'dir' && v.types.get(to) === 'dir' &&
-          [...v.types.keys()].some((p) => p.startsWith(`${to}/`))) return [];
         return allowed(v, { t: 'rename', from, to });
       }
       case 'link':

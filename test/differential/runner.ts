@@ -372,7 +372,13 @@ function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<
     if (e.type === 'file') sizes.set(p, e.size);
     if (e.type !== 'dir') nlinks.set(p, e.nlink);
   }
-  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: slots.states(), openNames: slots.openNames(), orphanNames: slots.orphanNames() };
+  const linkedFifos = new Set<string>();
+  for (const [p, t] of types) {
+    if (t !== 'fifo' && t !== 'symlink') continue;
+    const target = t === 'fifo' ? p : slots.canon(p, true);
+    if (types.get(target) === 'fifo' && (nlinks.get(target) ?? 1) > 1) linkedFifos.add(p);
+  }
+  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: slots.states(), openNames: slots.openNames(), orphanNames: slots.orphanNames(), linkedFifos };
 }
 
 /**
@@ -437,7 +443,8 @@ class SlotNames {
           this.names.forEach((n, i) => {
             if (n === null) return;
             if (n === to || n.startsWith(`${to}/`)) this.orphan[i] = true;
-            else if (n === from) this.names[i] = to;
+            // An orphan only shared the name: the file now at `from` is another one.
+            else if (n === from && !this.orphan[i]) this.names[i] = to;
             else if (n.startsWith(`${from}/`)) this.names[i] = to + n.slice(from.length);
           });
         };
