@@ -372,11 +372,10 @@ function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<
     if (e.type === 'file') sizes.set(p, e.size);
     if (e.type !== 'dir') nlinks.set(p, e.nlink);
   }
-  const linkedFifos = new Set<string>();
-  for (const [p, t] of types) {
-    if (t !== 'fifo' && t !== 'symlink') continue;
-    const target = t === 'fifo' ? p : slots.canon(p, true);
-    if (types.get(target) === 'fifo' && (nlinks.get(target) ?? 1) > 1) linkedFifos.add(p);
+  const linkedFifos = new Set([...types].filter(([p, t]) => t === 'fifo' && (nlinks.get(p) ?? 1) > 1).map(([p]) => p));
+  // Symlinks are resolved (on the mount) only when there is a linked fifo to reach.
+  if (linkedFifos.size > 0) {
+    for (const [p, t] of types) if (t === 'symlink' && linkedFifos.has(slots.canon(p, true))) linkedFifos.add(p);
   }
   return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: slots.states(), openNames: slots.openNames(), orphanNames: slots.orphanNames(), linkedFifos };
 }
