@@ -113,8 +113,9 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     },
     staticNlink: o.staticNlink,
     noacl: o.noacl,
-    foreground: cmd.foreground || o.debug,
-    debug: o.debug,
+    // -d, like -o debug, implies -f: the log goes to the terminal that started the mount.
+    foreground: cmd.foreground || cmd.debug || o.debug,
+    debug: cmd.debug || o.debug,
     fuseOptions,
   };
 }

@@ -71,6 +71,15 @@ export function fuseOperations(overlay: Overlay): Operations & {
     getattr(path, cb) {
       answer('getattr', path, async () => toFuseStat(await overlay.getattr(path)), cb);
     },
+    opendir(path: string, _flags: number, cb: Done<number>) {
+      answer('opendir', path, async () => {
+        await overlay.opendir(path);
+        return 0;
+      }, cb);
+    },
+    releasedir(path: string, _fd: number, cb: Done<void>) {
+      answer('releasedir', path, async () => undefined, cb);
+    },
     readdir(path, cb) {
       answer('readdir', path, () => overlay.readdir(path), (err, entries) => {
         if (err || !entries) return cb(err);
@@ -85,7 +94,10 @@ export function fuseOperations(overlay: Overlay): Operations & {
     },
     read(path, fd, buf, len, pos, cb) {
       overlay.read(fd, buf, len, pos).then(
-        (n) => cb(n),
+        (n) => {
+          if (log.op.enabled) log.op('read %s %d@%d -> %d', path, len, pos, n);
+          cb(n);
+        },
         (err) => cb(failure('read', path, err)),
       );
     },
@@ -152,7 +164,10 @@ export function fuseOperations(overlay: Overlay): Operations & {
     },
     write(path, fd, buf, len, pos, cb) {
       overlay.write(fd, buf, len, pos).then(
-        (n) => cb(n),
+        (n) => {
+          if (log.op.enabled) log.op('write %s %d@%d -> %d', path, len, pos, n);
+          cb(n);
+        },
         (err) => cb(failure('write', path, err)),
       );
     },

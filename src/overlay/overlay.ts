@@ -182,6 +182,16 @@ export class Overlay {
     return st;
   }
 
+  /**
+   * Checks that a directory can be listed. The listing itself is taken at each readdir:
+   * libfuse 2 reads a whole directory at its first readdir and serves the rest of that
+   * open from its own copy, so no handle of ours is needed.
+   */
+  async opendir(path: string): Promise<void> {
+    const dir = await this.tree.resolve(path);
+    if (!dir.isDir) throw errorFor('ENOTDIR', path);
+  }
+
   async readdir(path: string): Promise<OvlDirEntry[]> {
     const dir = await this.tree.resolve(path);
     if (!dir.isDir) throw errorFor('ENOTDIR', path);

@@ -43,7 +43,7 @@ describe('mount lifecycle', requires('root', 'fuse'), () => {
     spawnSync('fusermount3', ['-u', mnt]);
   });
 
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     test(`${signal} to the daemon unmounts and ends it`, async () => {
       const { lower, mnt } = layout();
       assert.equal(mountDaemon(lower, mnt).status, 0);
@@ -77,6 +77,47 @@ describe('mount lifecycle', requires('root', 'fuse'), () => {
       child.kill('SIGTERM');
       assert.equal(await code, 0, `round ${round}: exit code`);
       assert.ok(!isMounted(mnt), `round ${round}: unmounted`);
+    }
+  });
+
+  test('-d stays in the foreground and logs each operation on stderr', async () => {
+    const { lower, mnt } = layout();
+    const child = spawn(process.execPath, [BIN, '-d', '-o', `lowerdir=${lower}`, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    const code = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    try {
+      assert.ok(await eventually(() => isMounted(mnt)), 'mounted');
+      assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'hello');
+      assert.ok(await eventually(() => /ts-overlayfs:op read \/hello.txt \d+@0 -> 5/.test(stderr)), `the read is logged:\n${stderr}`);
+      assert.match(stderr, /ts-overlayfs:op open \/hello.txt -> ok/);
+      assert.equal(child.exitCode, null, 'still running: -d did not daemonize');
+    } finally {
+      child.kill('SIGTERM');
+    }
+    assert.equal(await code, 0);
+    assert.ok(!isMounted(mnt));
+  });
+
+  test('a mount that fails in the daemon makes the command exit non-zero with the reason', async () => {
+    // The workdir lock is taken by the daemon, after the command line was accepted: a second
+    // mount of the same upper and workdir fails there, and the launcher must report it.
+    const { lower, mnt } = layout();
+    const d = join(mnt, '..');
+    for (const sub of ['upper', 'work', 'mnt2']) buildLayer(join(d, sub), {});
+    const layers = `lowerdir=${lower},upperdir=${join(d, 'upper')},workdir=${join(d, 'work')}`;
+    const first = spawnSync(process.execPath, [BIN, '-o', layers, mnt], { encoding: 'utf8', timeout: 20000 });
+    assert.equal(first.status, 0, first.stderr);
+    try {
+      const second = spawnSync(process.execPath, [BIN, '-o', layers, join(d, 'mnt2')], { encoding: 'utf8', timeout: 20000 });
+      assert.equal(second.status, 1, second.stderr);
+      assert.match(second.stderr, /^ts-overlayfs: EBUSY: workdir .* is in use by another mount\n$/);
+      assert.ok(!isMounted(join(d, 'mnt2')), 'nothing mounted');
+      assert.ok(await eventually(() => daemonsFor(join(d, 'mnt2')).length === 0), 'no daemon left');
+      assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'hello', 'the first mount works on');
+    } finally {
+      spawnSync('fusermount3', ['-u', mnt]);
+      if (isMounted(join(d, 'mnt2'))) spawnSync('umount', ['-l', join(d, 'mnt2')]);
     }
   });
 

@@ -167,6 +167,15 @@ describe('readdir', () => {
     assert.deepEqual(await names(ov, '/d'), ['keep']);
   });
 
+  test('opendir accepts a merged directory and refuses a file, a whiteout and a missing name', async () => {
+    const ov = await overlayOf([{ 'd/a': { kind: 'file' }, gone: { kind: 'whiteout' } }, { 'd/b': { kind: 'file' }, gone: { kind: 'dir' } }]);
+    await ov.opendir('/d');
+    await ov.opendir('/');
+    assert.equal(await errno(ov.opendir('/d/a')), Errno.ENOTDIR);
+    assert.equal(await errno(ov.opendir('/gone')), Errno.ENOENT);
+    assert.equal(await errno(ov.opendir('/missing')), Errno.ENOENT);
+  });
+
   test('d_ino and type match getattr', async () => {
     const ov = await overlayOf([{ 'd/f': { kind: 'file' }, 'd/s': { kind: 'symlink', target: 'f' }, 'd/sub': { kind: 'dir' } }]);
     for (const e of await ov.readdir('/d')) {
