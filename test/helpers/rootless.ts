@@ -12,7 +12,12 @@ export const NOBODY = 65534;
 
 /** The command line that runs `argv` as nobody, without groups, in `unshare -Urm`. */
 export function asNobodyInNamespaces(argv: string[]): [string, string[]] {
-  return ['setpriv', ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', 'unshare', '-Urm', ...argv]];
+  return asNobody(['unshare', '-Urm', ...argv]);
+}
+
+/** The command line that runs `argv` as nobody, without groups, in the initial namespaces. */
+export function asNobody(argv: string[]): [string, string[]] {
+  return ['setpriv', ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', ...argv]];
 }
 
 /**
