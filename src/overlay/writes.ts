@@ -154,6 +154,9 @@ export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: numb
 }
 
 export function mknodAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number, rdev: number): void {
+  // A char 0/0 device is a whiteout to every layer reader: made through the mount, it would
+  // hide lower entries once the upper is a lower layer. The kernel refuses it (ovl_mknod).
+  if (isWhiteoutStat({ mode, rdev })) throw errorFor('EPERM', `${name}: a char 0/0 device is a whiteout`);
   placeNew(ctx, dir, name, (path, gid) => {
     mknod(path, (mode & S_IFMT) | 0o600, rdev);
     if (gid !== undefined) lchownSync(path, -1, gid);

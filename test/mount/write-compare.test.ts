@@ -52,6 +52,7 @@ const steps: Step[] = [
   ['write through the new link', (m) => appendFileSync(`${m}/hard/four`, '+4')],
   ['symlink', (m) => symlinkSync('../merged/both', `${m}/links/new`)],
   ['mkfifo', (m) => mknod(`${m}/special/new-fifo`, 0o010600, 0)],
+  ['mknod c 0 0 (a forged whiteout)', (m) => mknod(`${m}/special/forged-whiteout`, 0o020644, 0)],
   ['chmod a lower file', (m) => chmodSync(`${m}/modes/none`, 0o604)],
   ['chmod a lower dir', (m) => chmodSync(`${m}/only-bottom`, 0o755)],
   ['chown a lower file', (m) => chownSync(`${m}/names/with space`, 321, 654)],

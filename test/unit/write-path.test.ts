@@ -303,6 +303,14 @@ describe('namespace changes', requires('root'), () => {
     assert.deepEqual(await f.ov.listxattr('/f'), []);
   });
 
+  test('mknod of a char device 0/0 (a whiteout) is refused with EPERM, as the kernel does', async () => {
+    const f = await fixture([{ low: { kind: 'file' } }]);
+    assert.equal(await errno(f.ov.mknod('/fake', 0o020644, 0)), Errno.EPERM);
+    assert.equal(await errno(f.ov.mknod('/low', 0o020644, 0)), Errno.EEXIST, 'a taken name is EEXIST first');
+    assert.ok(!existsSync(join(f.upper, 'fake')));
+    assert.deepEqual(await names(f.ov, '/'), ['low']);
+  });
+
   test('EEXIST for taken names, ENOENT for missing ones', async () => {
     const f = await fixture([{ f: { kind: 'file' }, d: { kind: 'dir' } }]);
     assert.equal(await errno(f.ov.mkdir('/d', 0o755)), Errno.EEXIST);
