@@ -140,9 +140,14 @@ function timespec(ns: bigint): Timespec {
   return { sec: Number(ns / 1_000_000_000n), nsec: Number(ns % 1_000_000_000n) };
 }
 
-/** xattrs (but the overlay's own), owner, mode, then times, which every other change would touch. */
+/**
+ * Owner first: chown drops security.capability and the set-id bits. Then mode (set-id bits
+ * included), then xattrs (but the overlay's own), then times, which every other change touches.
+ */
 function copyAttributes(src: string, dst: string, st: BigIntStats): void {
   const isLink = (Number(st.mode) & S_IFMT) === S_IFLNK;
+  lchownSync(dst, Number(st.uid), Number(st.gid));
+  if (!isLink) chmodSync(dst, Number(st.mode) & 0o7777);
   for (const name of llistxattr(src)) {
     if (isPrivateXattr(name)) continue;
     try {
@@ -152,8 +157,6 @@ function copyAttributes(src: string, dst: string, st: BigIntStats): void {
       if (!(isLink && hasCode(err, 'EPERM', 'ENOTSUP'))) throw err;
     }
   }
-  lchownSync(dst, Number(st.uid), Number(st.gid));
-  if (!isLink) chmodSync(dst, Number(st.mode) & 0o7777);
   lutimens(dst, timespec(st.atimeNs), timespec(st.mtimeNs));
 }
 

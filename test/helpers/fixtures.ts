@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 import type { Tree } from './layers';
 
 const T0 = Date.UTC(2021, 4, 6, 7, 8, 9) + 321;
+/** A version 2 file capability (`setcap cap_net_raw+ep`): chown and writes drop it. */
+export const FILE_CAP = Buffer.from('0100000200200000000000000000000000000000', 'hex');
 
 /** Every read-path rule, in the kernel's own format (char 0/0 whiteouts, opaque xattrs). */
 export function kernelFormatLayers(): Tree[] {
@@ -19,6 +21,7 @@ export function kernelFormatLayers(): Tree[] {
     'merged/sub/t': { kind: 'file', data: 't' },
     'merged/gone': { kind: 'whiteout' },
     'modes/setuid': { kind: 'file', data: '#!/bin/sh\n', mode: 0o4755 },
+    'modes/capable': { kind: 'file', data: 'cap', mode: 0o4755, uid: 1234, gid: 5678, xattrs: { 'security.capability': FILE_CAP } },
     'modes/none': { kind: 'file', data: 'x', mode: 0o000 },
     'modes/sticky': { kind: 'dir', mode: 0o1777 },
     'owners/odd': { kind: 'file', data: 'o', uid: 1234, gid: 5678, mtime: T0 + 1000 },

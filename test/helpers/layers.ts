@@ -8,8 +8,8 @@ const S_IFCHR = 0o020000;
 const S_IFIFO = 0o010000;
 
 export type Entry =
-  | { kind: 'file'; data?: string | Buffer; mode?: number; uid?: number; gid?: number; mtime?: number; xattrs?: Record<string, string> }
-  | { kind: 'dir'; mode?: number; uid?: number; gid?: number; opaque?: 'trusted' | 'user'; mtime?: number; xattrs?: Record<string, string> }
+  | { kind: 'file'; data?: string | Buffer; mode?: number; uid?: number; gid?: number; mtime?: number; xattrs?: Record<string, string | Buffer> }
+  | { kind: 'dir'; mode?: number; uid?: number; gid?: number; opaque?: 'trusted' | 'user'; mtime?: number; xattrs?: Record<string, string | Buffer> }
   | { kind: 'symlink'; target: string }
   | { kind: 'hardlink'; to: string }
   | { kind: 'fifo'; mode?: number }
@@ -63,9 +63,10 @@ export function buildLayer(root: string, tree: Tree): void {
         break;
     }
     if (e.kind === 'file' || e.kind === 'dir') {
-      for (const [name, value] of Object.entries(e.xattrs ?? {})) lsetxattr(p, name, Buffer.from(value));
+      // chown drops security.capability and set-id bits: owner first, then mode, then xattrs.
       if (e.uid !== undefined || e.gid !== undefined) chownSync(p, e.uid ?? 0, e.gid ?? 0);
       if (e.mode !== undefined) chmodSync(p, e.mode);
+      for (const [name, value] of Object.entries(e.xattrs ?? {})) lsetxattr(p, name, Buffer.from(value));
       if (e.mtime !== undefined) mtimes.push([p, e.mtime]);
     }
     if (e.kind === 'symlink') lchownSync(p, 0, 0);

@@ -60,6 +60,7 @@ const steps: Step[] = [
   ['touch -m (mtime only) on a lower file', (m) => run('touch', '-m', '-d', '@1500000000.5', `${m}/names/ünïcødé ✓`)],
   ['touch -a (atime only) on an upper file', (m) => run('touch', '-a', '-d', '@1400000000', `${m}/names/.hidden`)],
   ['setxattr on a lower file', (m) => lsetxattr(`${m}/xattrs/g`, 'user.added', Buffer.from('v'))],
+  ['setxattr on a lower file with a capability and set-uid', (m) => lsetxattr(`${m}/modes/capable`, 'user.added', Buffer.from('v'))],
   ['removexattr on a lower file', (m) => lremovexattr(`${m}/xattrs/f`, 'user.color')],
   ['removexattr of a missing xattr', (m) => lremovexattr(`${m}/names/-leading-dash`, 'user.none')],
   ['truncate a lower file to 0', (m) => truncateSync(`${m}/big/random`, 0)],

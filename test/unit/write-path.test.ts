@@ -9,6 +9,7 @@ import { Overlay } from '../../src/overlay/overlay';
 import { lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
 import { errno } from '../helpers/errors';
+import { FILE_CAP } from '../helpers/fixtures';
 import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
 
 const O_WRONLY = 1;
@@ -79,6 +80,16 @@ describe('copy-up', requires('root'), () => {
     const after = await f.ov.getattr('/d/f');
     assert.equal(after.ino, before.ino, 'st_ino survives the copy-up');
     assert.deepEqual(readdirSync(join(f.work, 'work')), [], 'nothing left in the work dir');
+  });
+
+  test('file capabilities and set-id bits survive copy-up (chown would drop them if done last)', async () => {
+    const f = await fixture([{ f: { kind: 'file', data: 'x', mode: 0o6755, uid: 12, gid: 34, xattrs: { 'security.capability': FILE_CAP } } }]);
+    // Not by a write, which drops capabilities itself (as on any filesystem).
+    await f.ov.setxattr('/f', 'user.k', Buffer.from('v'), 0);
+    const up = join(f.upper, 'f');
+    const st = lstatSync(up);
+    assert.deepEqual([st.mode & 0o7777, st.uid, st.gid], [0o6755, 12, 34]);
+    assert.deepEqual(lgetxattrOrNull(up, 'security.capability'), FILE_CAP);
   });
 
   test('parents are copied up first with their attributes, and keep their times', async () => {
