@@ -174,9 +174,8 @@ export function fuseOperations(overlay: Overlay): Operations & {
     fsync(path: string, datasync: number, fd: number, cb: Done<void>) {
       answer('fsync', path, () => overlay.fsync(fd, datasync !== 0), cb);
     },
-    fsyncdir(path: string, _datasync: number, _fd: number, cb: Done<void>) {
-      // Directory changes are made with synchronous calls; nothing is pending in this process.
-      answer('fsyncdir', path, async () => undefined, cb);
+    fsyncdir(path: string, datasync: number, _fd: number, cb: Done<void>) {
+      answer('fsyncdir', path, () => overlay.fsyncdir(path, datasync !== 0), cb);
     },
     flush(path: string, _fd: number, cb: Done<void>) {
       // Writes reach the layer file as they arrive; there is nothing to flush on close.

@@ -2,7 +2,7 @@
  * The overlay filesystem's operations on overlay paths, independent of FUSE: each returns
  * plain data or throws an error carrying an errno (OvlError or Node's own).
  */
-import { constants as fsc, lstatSync, openSync, readlinkSync, rmSync, promises as fsp } from 'node:fs';
+import { closeSync, constants as fsc, lstatSync, openSync, readlinkSync, rmSync, promises as fsp } from 'node:fs';
 import { read as fsRead, close as fsClose, write as fsWrite, fsync as fsFsync, fdatasync as fsFdatasync, ftruncate as fsFtruncate } from 'node:fs';
 import { errorFor } from '../errors';
 import { lgetxattr, llistxattr } from '../sys/libc';
@@ -360,6 +360,22 @@ export class Overlay {
   fsync(fd: number, datasync: boolean): Promise<void> {
     if (this.config.volatile) return Promise.resolve();
     return promised((cb) => (datasync ? fsFdatasync : fsFsync)(fd, cb));
+  }
+
+  /**
+   * fsync of a directory's upper copy, where its entries live once changed; a directory
+   * with no upper copy has had no change through the mount, so there is nothing to sync.
+   */
+  async fsyncdir(path: string, datasync: boolean): Promise<void> {
+    const node = await this.resolve(path);
+    if (!node.isDir) throw errorFor('ENOTDIR', path);
+    if (this.config.volatile || !node.layer.upper) return;
+    const fd = openSync(node.realPath, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+    try {
+      await this.fsync(fd, datasync);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   read(fd: number, buf: Buffer, length: number, position: number): Promise<number> {

@@ -322,6 +322,21 @@ describe('namespace changes', requires('root'), () => {
     assert.deepEqual(await names(f.ov, '/'), ['low']);
   });
 
+  test('fsyncdir syncs an upper directory and leaves a lower-only one alone', async () => {
+    const f = await fixture([{ 'low/f': { kind: 'file' }, file: { kind: 'file' } }]);
+    await f.ov.mkdir('/d', 0o755);
+    closeSync(await f.ov.create('/d/f', 0o644));
+    await f.ov.fsyncdir('/d', false);
+    await f.ov.fsyncdir('/', true);
+    await f.ov.fsyncdir('/low', false);
+    assert.ok(!existsSync(join(f.upper, 'low')), 'no copy-up');
+    assert.equal(await errno(f.ov.fsyncdir('/file', false)), Errno.ENOTDIR);
+    assert.equal(await errno(f.ov.fsyncdir('/nope', false)), Errno.ENOENT);
+    const readOnly = await Overlay.open({ lowers: f.lowers });
+    await readOnly.fsyncdir('/low', false);
+    readOnly.close();
+  });
+
   test('EEXIST for taken names, ENOENT for missing ones', async () => {
     const f = await fixture([{ f: { kind: 'file' }, d: { kind: 'dir' } }]);
     assert.equal(await errno(f.ov.mkdir('/d', 0o755)), Errno.EEXIST);
