@@ -82,6 +82,19 @@ function hasAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): boolean
   return existsSync(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`));
 }
 
+/**
+ * Once NAME stands in DIR's upper layer, its `.wh.NAME` goes (as fuse-overlayfs does): left
+ * there, the layer would both hold and delete NAME (an OCI layer diff would carry both).
+ * Removed after NAME is in place, so a crash in between never shows the lower NAME again.
+ */
+function dropAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): void {
+  try {
+    unlinkSync(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`));
+  } catch (err) {
+    if (!hasCode(err, 'ENOENT')) throw err;
+  }
+}
+
 function setOpaque(ctx: WriteContext, path: string): void {
   lsetxattr(path, `${ctx.xattrNamespace}.overlay.opaque`, Buffer.from('y'));
 }
@@ -137,6 +150,7 @@ function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, make: (path:
     }
   } else {
     result = make(target, undefined);
+    dropAufsWhiteout(ctx, dir, name);
   }
   noteUpper(dir, name, 'other');
   return result;
@@ -204,7 +218,10 @@ export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
   } else {
     mkdirSync(target, { mode: 0o700 });
     chmodSync(target, finalMode);
-    if (hasAufsWhiteout(ctx, dir, name)) setOpaque(ctx, target);
+    if (hasAufsWhiteout(ctx, dir, name)) {
+      setOpaque(ctx, target);
+      dropAufsWhiteout(ctx, dir, name);
+    }
   }
   noteUpper(dir, name, 'dir');
 }
@@ -313,6 +330,7 @@ export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, d
   // nothing of the same name below (now or in a later lower layer) merges into it.
   const opaqueNow = src.isDir && dstDir.isMergedDir;
   if (opaqueNow) setOpaque(ctx, to);
+  if (existing === 'none') dropAufsWhiteout(ctx, dstDir, dstName);
 
   if (dst) dst.removed = true;
   noteUpper(srcDir, src.name, srcWhiteout ? 'whiteout' : 'none');

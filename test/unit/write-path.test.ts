@@ -378,6 +378,29 @@ describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires
     assert.deepEqual(await names(again, '/'), ['n']);
   });
 
+  test('a name made where .wh.NAME stands takes its place: create, mkdir, symlink, mknod, link, rename', async () => {
+    const old = { kind: 'file', data: 'old' } as const;
+    const f = await fixture([{ c: old, 'd/x': old, s: old, n: old, l: old, r: old, src: { kind: 'file', data: 's' } }], 'aufs');
+    await f.ov.unlink('/d/x');
+    await f.ov.rmdir('/d');
+    for (const n of ['c', 's', 'n', 'l', 'r']) await f.ov.unlink(`/${n}`);
+    assert.deepEqual(readdirSync(f.upper).sort(), ['.wh.c', '.wh.d', '.wh.l', '.wh.n', '.wh.r', '.wh.s']);
+    closeSync(await f.ov.create('/c', 0o644));
+    await f.ov.mkdir('/d', 0o755);
+    await f.ov.symlink('t', '/s');
+    await f.ov.mknod('/n', 0o010644, 0);
+    await f.ov.link('/src', '/l');
+    closeSync(await f.ov.create('/new', 0o644));
+    await f.ov.rename('/new', '/r');
+    assert.deepEqual(readdirSync(f.upper).sort(), ['c', 'd', 'l', 'n', 'r', 's', 'src']);
+    assert.equal(opaque(join(f.upper, 'd')), 'y', 'the directory still hides what was deleted');
+    f.ov.close();
+    const again = await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work, whiteoutStyle: 'aufs' });
+    assert.deepEqual(await names(again, '/'), ['c', 'd', 'l', 'n', 'r', 's', 'src']);
+    assert.deepEqual(await names(again, '/d'), []);
+    assert.equal((await again.getattr('/c')).size, 0);
+  });
+
   test('names come back over .wh.NAME; a directory made there is opaque', async () => {
     const f = await fixture([{ a: { kind: 'file', data: 'old' }, 'd/x': { kind: 'file' } }], 'aufs');
     await f.ov.unlink('/a');
