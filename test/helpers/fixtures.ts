@@ -1,6 +1,6 @@
 /** Layer sets used by several tests. Trees are listed top layer first. */
 import { randomBytes } from 'node:crypto';
-import type { Tree } from './layers';
+import { makedev, type Tree } from './layers';
 
 const T0 = Date.UTC(2021, 4, 6, 7, 8, 9) + 321;
 /** A version 2 file capability (`setcap cap_net_raw+ep`): chown and writes drop it. */
@@ -36,6 +36,7 @@ export function kernelFormatLayers(): Tree[] {
     'links/to-dir': { kind: 'symlink', target: '../deep' },
     'xattrs/f': { kind: 'file', data: 'x', xattrs: { 'user.color': 'blue', 'user.empty': '' } },
     'special/fifo': { kind: 'fifo' },
+    'special/null': { kind: 'device', type: 'char', rdev: makedev(1, 3), mode: 0o666, uid: 1234, gid: 5678 },
   };
   const middle: Tree = {
     'file-over-dir/below': { kind: 'file', data: 'hidden' },
@@ -55,6 +56,7 @@ export function kernelFormatLayers(): Tree[] {
     'big/sparse': { kind: 'sparse', size: 64 * 1024 * 1024, data: 'tail', at: 40 * 1024 * 1024 },
     'big/empty': { kind: 'file', data: '' },
     'xattrs/g': { kind: 'file', data: 'g', xattrs: { 'user.k': 'v'.repeat(300) } },
+    'special/sock': { kind: 'socket', mode: 0o755 },
   };
   const bottom: Tree = {
     'merged/from-bottom': { kind: 'file', data: 'bottom' },

@@ -5,7 +5,14 @@ import { dirname, join } from 'node:path';
 import { lsetxattr, lutimens, mknod } from '../../src/sys/libc';
 
 const S_IFCHR = 0o020000;
+const S_IFBLK = 0o060000;
 const S_IFIFO = 0o010000;
+const S_IFSOCK = 0o140000;
+
+/** glibc's makedev for the small numbers tests use (major < 4096, minor < 256). */
+export function makedev(major: number, minor: number): number {
+  return (major << 8) | minor;
+}
 
 export type Entry =
   | { kind: 'file'; data?: string | Buffer; mode?: number; uid?: number; gid?: number; mtime?: number; xattrs?: Record<string, string | Buffer> }
@@ -13,6 +20,8 @@ export type Entry =
   | { kind: 'symlink'; target: string }
   | { kind: 'hardlink'; to: string }
   | { kind: 'fifo'; mode?: number }
+  | { kind: 'device'; type: 'char' | 'block'; rdev: number; mode?: number; uid?: number; gid?: number }
+  | { kind: 'socket'; mode?: number }
   | { kind: 'whiteout' }
   | { kind: 'sparse'; size: number; data: string; at: number };
 
@@ -49,6 +58,13 @@ export function buildLayer(root: string, tree: Tree): void {
         break;
       case 'fifo':
         mknod(p, S_IFIFO | (e.mode ?? 0o644), 0);
+        break;
+      case 'device':
+        mknod(p, (e.type === 'char' ? S_IFCHR : S_IFBLK) | (e.mode ?? 0o644), e.rdev);
+        if (e.uid !== undefined || e.gid !== undefined) lchownSync(p, e.uid ?? 0, e.gid ?? 0);
+        break;
+      case 'socket':
+        mknod(p, S_IFSOCK | (e.mode ?? 0o755), 0);
         break;
       case 'whiteout':
         mknod(p, S_IFCHR, 0);

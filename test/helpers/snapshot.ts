@@ -14,6 +14,8 @@ export interface EntryView {
   /** Milliseconds: what fuse-native can carry (see README, limits). */
   mtimeMs: number;
   target?: string;
+  /** Device number of a char or block device. */
+  rdev?: number;
   sha256?: string;
   xattrs: Record<string, string>;
 }
@@ -59,6 +61,7 @@ export function snapshot(root: string, opts: { xattrs?: boolean } = {}): Snapsho
       xattrs: {},
     };
     if (type === 'symlink') view.target = readlinkSync(p);
+    if (type === 'chr' || type === 'blk') view.rdev = st.rdev;
     if (type === 'file') view.sha256 = createHash('sha256').update(readFileSync(p)).digest('hex');
     if (opts.xattrs !== false && type !== 'symlink') {
       for (const name of llistxattr(p).sort()) view.xattrs[name] = lgetxattr(p, name).toString('base64');

@@ -17,7 +17,7 @@ import { isWhiteoutStat } from '../../src/overlay/format';
 import { lgetxattrOrNull, llistxattr, lremovexattr, lsetxattr, mknod } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
 import { kernelFormatLayers } from '../helpers/fixtures';
-import { buildLayer, removeDir, tempDir } from '../helpers/layers';
+import { buildLayer, makedev, removeDir, tempDir } from '../helpers/layers';
 import { mountKernel, mountTs, type LayerDirs, type Mounted } from '../helpers/mounts';
 import { snapshot, type Snapshot } from '../helpers/snapshot';
 
@@ -53,6 +53,12 @@ const steps: Step[] = [
   ['symlink', (m) => symlinkSync('../merged/both', `${m}/links/new`)],
   ['mkfifo', (m) => mknod(`${m}/special/new-fifo`, 0o010600, 0)],
   ['mknod c 0 0 (a forged whiteout)', (m) => mknod(`${m}/special/forged-whiteout`, 0o020644, 0)],
+  ['mknod a char device', (m) => mknod(`${m}/special/new-null`, 0o020644, makedev(1, 3))],
+  ['mknod a block device', (m) => mknod(`${m}/special/new-block`, 0o060640, makedev(7, 0))],
+  ['mknod a socket', (m) => mknod(`${m}/special/new-sock`, 0o140755, 0)],
+  ['chmod a lower char device', (m) => chmodSync(`${m}/special/null`, 0o600)],
+  ['chmod a lower fifo', (m) => chmodSync(`${m}/special/fifo`, 0o600)],
+  ['chmod a lower socket', (m) => chmodSync(`${m}/special/sock`, 0o700)],
   ['chmod a lower file', (m) => chmodSync(`${m}/modes/none`, 0o604)],
   ['chmod a lower dir', (m) => chmodSync(`${m}/only-bottom`, 0o755)],
   ['chown a lower file', (m) => chownSync(`${m}/names/with space`, 321, 654)],
@@ -106,6 +112,7 @@ interface UpperEntry {
   uid: number;
   gid: number;
   sha256?: string;
+  rdev?: number;
   opaque?: string;
   xattrs: string[];
 }
@@ -128,6 +135,7 @@ function upperEncoding(root: string): Record<string, UpperEntry> {
       xattrs: type === 'symlink' ? [] : llistxattr(p).filter((n) => !n.startsWith('trusted.overlay.')).sort(),
     };
     if (type === 'file') entry.sha256 = createHash('sha256').update(readFileSync(p)).digest('hex');
+    if (type === 'special') entry.rdev = st.rdev;
     if (type === 'dir') {
       const o = lgetxattrOrNull(p, 'trusted.overlay.opaque');
       if (o) entry.opaque = o.toString();

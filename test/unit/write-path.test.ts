@@ -10,7 +10,7 @@ import { lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
 import { errno } from '../helpers/errors';
 import { FILE_CAP } from '../helpers/fixtures';
-import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
+import { buildLayer, makedev, removeDir, tempDir, type Tree } from '../helpers/layers';
 
 const O_WRONLY = 1;
 const O_RDWR = 2;
@@ -158,6 +158,48 @@ describe('copy-up', requires('root'), () => {
     assert.ok(lstatSync(join(f.upper, 'p')).isFIFO());
   });
 
+  test('chmod copies up char devices, fifos and sockets as what they are', async () => {
+    const f = await fixture([{
+      null: { kind: 'device', type: 'char', rdev: makedev(1, 3), mode: 0o666, uid: 5, gid: 6 },
+      p: { kind: 'fifo', mode: 0o644 },
+      sock: { kind: 'socket', mode: 0o755 },
+    }]);
+    const inos = await Promise.all(['/null', '/p', '/sock'].map(async (p) => (await f.ov.getattr(p)).ino));
+    for (const p of ['/null', '/p', '/sock']) await f.ov.chmod(p, 0o600);
+    const dev = lstatSync(join(f.upper, 'null'));
+    assert.ok(dev.isCharacterDevice());
+    assert.deepEqual([dev.rdev, dev.mode & 0o7777, dev.uid, dev.gid], [makedev(1, 3), 0o600, 5, 6]);
+    assert.ok(lstatSync(join(f.upper, 'p')).isFIFO());
+    assert.ok(lstatSync(join(f.upper, 'sock')).isSocket());
+    assert.equal(lstatSync(join(f.upper, 'sock')).mode & 0o7777, 0o600);
+    assert.deepEqual(await Promise.all(['/null', '/p', '/sock'].map(async (p) => (await f.ov.getattr(p)).ino)), inos);
+    assert.equal((await f.ov.getattr('/null')).rdev, makedev(1, 3));
+  });
+
+  test('chown copies a regular file up with its data, then sets the owner', async () => {
+    const f = await fixture([{ f: { kind: 'file', data: 'lower data', mode: 0o640, uid: 1, gid: 2, mtime: T } }]);
+    await f.ov.chown('/f', 7, 8);
+    const st = lstatSync(join(f.upper, 'f'));
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o7777, Math.floor(st.mtimeMs)], [7, 8, 0o640, T]);
+    assert.equal(readFileSync(join(f.upper, 'f'), 'utf8'), 'lower data');
+    await f.ov.chown('/f', 0xffffffff, 9);
+    assert.deepEqual([lstatSync(join(f.upper, 'f')).uid, lstatSync(join(f.upper, 'f')).gid], [7, 9], '-1 leaves the uid');
+  });
+
+  test('ftruncate through a descriptor opened for writing works on the upper copy', async () => {
+    const f = await fixture([{ f: { kind: 'file', data: 'lower data' } }]);
+    const fd = await f.ov.open('/f', O_RDWR);
+    try {
+      await f.ov.ftruncate(fd, 5);
+      assert.equal(readFileSync(join(f.upper, 'f'), 'utf8'), 'lower');
+      await f.ov.ftruncate(fd, 8);
+    } finally {
+      await f.ov.release(fd);
+    }
+    assert.equal(readFileSync(join(f.upper, 'f'), 'utf8'), 'lower\0\0\0');
+    assert.equal(readFileSync(join(f.lowers[0], 'f'), 'utf8'), 'lower data');
+  });
+
   test('a work dir in use by another mount is refused', async () => {
     const f = await fixture([{}]);
     const other = join(f.upper, '..', 'upper2');
@@ -300,6 +342,9 @@ describe('namespace changes', requires('root'), () => {
     assert.equal(await errno(f.ov.rename('/f', '/.wh.f')), Errno.EINVAL);
     assert.equal(await errno(f.ov.setxattr('/f', 'trusted.overlay.opaque', Buffer.from('y'), 0)), Errno.EPERM);
     assert.equal(await errno(f.ov.setxattr('/f', 'user.overlay.opaque', Buffer.from('y'), 0)), Errno.EPERM);
+    assert.equal(await errno(f.ov.removexattr('/f', 'trusted.overlay.origin')), Errno.EPERM);
+    assert.equal(await errno(f.ov.removexattr('/f', 'user.overlay.opaque')), Errno.EPERM);
+    assert.ok(!existsSync(join(f.upper, 'f')), 'refused before any copy-up');
   });
 
   test('chmod, utimens and xattrs apply to the upper copy', async () => {
@@ -312,6 +357,23 @@ describe('namespace changes', requires('root'), () => {
     assert.equal((await f.ov.getxattr('/f', 'user.k')).toString(), 'v');
     await f.ov.removexattr('/f', 'user.k');
     assert.deepEqual(await f.ov.listxattr('/f'), []);
+  });
+
+  test('mknod makes char and block devices, sockets, fifos and regular files in upper', async () => {
+    const f = await fixture([{}]);
+    await f.ov.mknod('/chr', 0o020620, makedev(1, 3));
+    await f.ov.mknod('/blk', 0o060640, makedev(7, 0));
+    await f.ov.mknod('/sock', 0o140755, 0);
+    await f.ov.mknod('/fifo', 0o010600, 0);
+    await f.ov.mknod('/reg', 0o100604, 0);
+    const st = (n: string) => lstatSync(join(f.upper, n));
+    assert.ok(st('chr').isCharacterDevice() && st('chr').rdev === makedev(1, 3) && (st('chr').mode & 0o7777) === 0o620);
+    assert.ok(st('blk').isBlockDevice() && st('blk').rdev === makedev(7, 0) && (st('blk').mode & 0o7777) === 0o640);
+    assert.ok(st('sock').isSocket() && (st('sock').mode & 0o7777) === 0o755);
+    assert.ok(st('fifo').isFIFO());
+    assert.ok(st('reg').isFile() && st('reg').size === 0 && (st('reg').mode & 0o7777) === 0o604);
+    assert.equal((await f.ov.getattr('/blk')).rdev, makedev(7, 0));
+    assert.deepEqual(await names(f.ov, '/'), ['blk', 'chr', 'fifo', 'reg', 'sock']);
   });
 
   test('mknod of a char device 0/0 (a whiteout) is refused with EPERM, as the kernel does', async () => {
