@@ -72,9 +72,20 @@ export async function mountTs(dirs: LayerDirs, mountpoint: string, extra: string
   };
 }
 
-/** Mounts kernel overlayfs on the same kind of layer set. */
+/**
+ * The kernel features ts-overlayfs lacks, pinned off so that the oracle does not depend on
+ * the kernel's build defaults (CONFIG_OVERLAY_FS_REDIRECT_DIR, _INDEX, _METACOPY) or module
+ * parameters. `redirect_dir=nofollow` rather than `off`: `off` still follows redirects when
+ * the module's redirect_always_follow is set (Debian's default), and is then refused
+ * together with `userxattr` ("conflicting options", kernel 6.18); `nofollow` neither makes
+ * nor follows redirects, as ts-overlayfs, in every mode.
+ */
+export const KERNEL_PINNED_OPTIONS: readonly string[] = ['redirect_dir=nofollow', 'index=off', 'metacopy=off'];
+
+/** Mounts kernel overlayfs on the same kind of layer set (extra options come after the pinned ones). */
 export async function mountKernel(dirs: LayerDirs, mountpoint: string, extra: string[] = []): Promise<Mounted> {
-  const r = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', optionString(dirs, extra), mountpoint], { encoding: 'utf8' });
+  const opts = optionString(dirs, [...KERNEL_PINNED_OPTIONS, ...extra]);
+  const r = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', opts, mountpoint], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`kernel overlay mount failed: ${r.stderr}`);
   live.add(mountpoint);
   return {

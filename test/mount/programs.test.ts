@@ -48,11 +48,6 @@ interface Pair {
 /** Fields that legitimately differ between two runs, per path (see where each is used). */
 type Unstable = Record<string, readonly ('sha256' | 'size')[]>;
 
-/**
- * The kernel is told explicitly what the drop-in imitates, whatever the module defaults:
- * no redirect_dir (renaming a merged directory is EXDEV), no index, no metacopy.
- */
-const KERNEL_OPTIONS = ['redirect_dir=off', 'index=off', 'metacopy=off'];
 const FIXED = { sec: 1600000000, nsec: 0 };
 const ARCHIVE_TIME = 1577836800; // 2020-01-01T00:00:00Z
 const RUN_TIMEOUT = 30000;
@@ -112,7 +107,7 @@ async function openPair(label: string, makeLowers: (dir: string) => string[]): P
     sides[name] = side;
   }
   const k = sides.kernel;
-  k.mount = await mountKernel({ lowers, upper: k.upper, work: k.work }, k.mnt, KERNEL_OPTIONS);
+  k.mount = await mountKernel({ lowers, upper: k.upper, work: k.work }, k.mnt);
   live.add(k.mount);
   const t = sides.ts;
   t.mount = await mountTs({ lowers, upper: t.upper, work: t.work }, t.mnt);
@@ -346,7 +341,7 @@ async function kernelReadsUppers(pair: Pair, unstable: Unstable): Promise<string
   for (const side of SIDES) {
     const mnt = join(pair.dir, `${side}-readback`);
     mkdirSync(mnt);
-    const m = await mountKernel({ lowers: [pair.sides[side].upper, ...pair.lowers] }, mnt, KERNEL_OPTIONS);
+    const m = await mountKernel({ lowers: [pair.sides[side].upper, ...pair.lowers] }, mnt);
     live.add(m);
     try {
       views[side] = Object.fromEntries(Object.entries(comparable(snapshot(mnt), pair.since, unstable))

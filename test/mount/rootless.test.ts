@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { requires } from '../helpers/env';
 import { buildLayer, removeDir, tempDir } from '../helpers/layers';
-import { isMounted } from '../helpers/mounts';
+import { isMounted, KERNEL_PINNED_OPTIONS } from '../helpers/mounts';
 import { daemonsFor, eventually } from '../helpers/processes';
 import { asNobody, asNobodyInNamespaces, copyProgramForNobody, NOBODY, openDevFuse } from '../helpers/rootless';
 
@@ -93,7 +93,7 @@ node=${process.execPath}
 "$node" "$d/app/bin/ts-overlayfs" -f -o lowerdir=${lowers},upperdir=$d/ts-upper,workdir=$d/ts-work $d/ts-mnt 2>$d/logs/ts.log &
 server=$!
 for i in $(seq 200); do grep -q " $d/ts-mnt " /proc/self/mountinfo && break; sleep 0.05; done
-mount -t overlay overlay -o userxattr,lowerdir=${lowers},upperdir=$d/k-upper,workdir=$d/k-work $d/k-mnt || echo "kernel mount failed"
+mount -t overlay overlay -o userxattr,${KERNEL_PINNED_OPTIONS.join(',')},lowerdir=${lowers},upperdir=$d/k-upper,workdir=$d/k-work $d/k-mnt || echo "kernel mount failed"
 fstype() { awk -v m="$1" '$5 == m { for (i = 7; i <= NF; i++) if ($i == "-") print $(i + 1) }' /proc/self/mountinfo; }
 echo "== mounts"; fstype $d/ts-mnt; fstype $d/k-mnt
 echo "== ts steps"; run $d/ts-mnt
@@ -211,7 +211,7 @@ echo "== end"
     assert.match(sections['ts upper'], / whiteout 0:0/, out);
     assert.match(sections['ts upper'], /opaque/, out);
     buildLayer(join(dir, 'k-mnt'), {});
-    const opts = `userxattr,lowerdir=${dir}/lower,upperdir=${dir}/ts-upper,workdir=${dir}/ts-work`;
+    const opts = `userxattr,${KERNEL_PINNED_OPTIONS.join(',')},lowerdir=${dir}/lower,upperdir=${dir}/ts-upper,workdir=${dir}/ts-work`;
     const m = spawnSync('mount', ['-t', 'overlay', 'overlay', '-o', opts, join(dir, 'k-mnt')], { encoding: 'utf8' });
     assert.equal(m.status, 0, m.stderr);
     try {
