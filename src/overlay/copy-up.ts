@@ -6,9 +6,10 @@
  */
 import { closeSync, fsyncSync, ftruncateSync, lchownSync, chmodSync, lstatSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, type BigIntStats } from 'node:fs';
 import { read as fsRead, write as fsWrite, constants as fsc } from 'node:fs';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { errorFor, hasCode } from '../errors';
 import { log } from '../log';
-import { dup2, lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
+import { copyFileRange, dup2, lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
 import { isPrivateXattr } from './format';
 import { layerPath, type Layer } from './layer';
 import type { OverlayTree, OvlNode } from './tree';
@@ -25,7 +26,13 @@ export interface UpperContext {
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const S_IFLNK = 0o120000;
+/** The read/write buffer, where the kernel cannot copy. */
 const COPY_CHUNK = 1 << 20;
+/**
+ * Bytes per copy_file_range call. koffi calls are synchronous, so each blocks every other
+ * request; 4 MiB takes a few milliseconds from the page cache.
+ */
+const RANGE_CHUNK = 4 << 20;
 
 export interface CopyUpOptions {
   /** Copy the file data; false where it is about to be truncated to nothing anyway. */
@@ -100,21 +107,18 @@ async function copyUpFile(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions)
   moveIntoUpper(ctx, node, tmp, Number(st.nlink));
 }
 
-/** Copies file data, keeping holes, by reflink where the filesystem shares extents. */
+/**
+ * Copies file data, keeping holes: by reflink where the filesystem shares extents, else each
+ * data extent by copy_file_range, or by read and write where the kernel cannot copy.
+ */
 async function copyData(src: string, out: number, size: number): Promise<void> {
   const input = openSync(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   try {
     if (reflink(out, input)) return;
-    const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(size, 1)));
+    const mover: DataMover = { inKernel: true, bufferSize: Math.min(COPY_CHUNK, Math.max(size, 1)) };
     let pos = 0;
     for (let extent = nextDataExtent(input, 0); extent !== null && extent[0] < size; extent = nextDataExtent(input, pos)) {
-      const [start, end] = extent;
-      for (pos = start; pos < Math.min(end, size);) {
-        const n = await ioRead(input, buf, Math.min(buf.length, end - pos), pos);
-        if (n === 0) break;
-        await ioWriteAll(out, buf, n, pos);
-        pos += n;
-      }
+      pos = await copyRange(mover, input, out, extent[0], Math.min(extent[1], size));
       if (pos >= size) break;
     }
   } finally {
@@ -122,6 +126,43 @@ async function copyData(src: string, out: number, size: number): Promise<void> {
   }
   // A hole at the end is kept by the size alone.
   ftruncateSync(out, size);
+}
+
+/** How one copy-up moves data: in the kernel until it refuses, then through a buffer. */
+interface DataMover {
+  inKernel: boolean;
+  readonly bufferSize: number;
+  buffer?: Buffer;
+}
+
+/** copy_file_range's answers for "not between these two files", as opposed to a failed copy. */
+function cannotCopyInKernel(err: unknown): boolean {
+  return hasCode(err, 'EXDEV', 'EOPNOTSUPP', 'ENOSYS', 'EINVAL');
+}
+
+/** Copies [pos, end) at the same offsets; returns where it stopped (before `end` only at end of file). */
+async function copyRange(mover: DataMover, input: number, out: number, pos: number, end: number): Promise<number> {
+  while (pos < end) {
+    let n: number;
+    if (mover.inKernel) {
+      try {
+        n = copyFileRange(input, pos, out, pos, Math.min(RANGE_CHUNK, end - pos));
+      } catch (err) {
+        if (!cannotCopyInKernel(err)) throw err;
+        mover.inKernel = false;
+        continue;
+      }
+      // That call ran on the event loop: let other requests in before the next one.
+      await yieldToEventLoop();
+    } else {
+      mover.buffer ??= Buffer.allocUnsafe(mover.bufferSize);
+      n = await ioRead(input, mover.buffer, Math.min(mover.buffer.length, end - pos), pos);
+      if (n > 0) await ioWriteAll(out, mover.buffer, n, pos);
+    }
+    if (n === 0) break;
+    pos += n;
+  }
+  return pos;
 }
 
 function ioRead(fd: number, buf: Buffer, length: number, position: number): Promise<number> {

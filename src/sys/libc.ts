@@ -3,7 +3,8 @@
  *
  * These are synchronous on purpose: koffi's async calls run on worker threads whose errno
  * cannot be read back, and callers need the real errno (ENODATA vs ENOTSUP vs EPERM ...).
- * Each call is a single metadata syscall of a few microseconds on a local filesystem.
+ * Each call is a single metadata syscall of a few microseconds on a local filesystem, except
+ * copy_file_range, whose callers bound the bytes per call.
  */
 import koffi from 'koffi';
 import { OvlError } from '../errors';
@@ -23,6 +24,7 @@ const c = {
   lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
   ioctl: libc.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
   flock: libc.func('int flock(int fd, int operation)'),
+  copy_file_range: libc.func('int64_t copy_file_range(int fd_in, void *off_in, int fd_out, void *off_out, size_t len, unsigned int flags)'),
   // Raw memory access by address, for the one libfuse setting fuse-native gives no way to set.
   peek: libc.func('void *memcpy(void *dst, uintptr_t src, size_t n)'),
   poke: libc.func('void *memcpy(uintptr_t dst, const void *src, size_t n)'),
@@ -141,6 +143,20 @@ export function nextDataExtent(fd: number, from: number): [number, number] | nul
 export function reflink(dst: number, src: number): boolean {
   if (c.ioctl(dst, FICLONE, src) === 0) return true;
   return false;
+}
+
+/**
+ * Copies up to `length` bytes from `src` at `srcPos` to `dst` at `dstPos` inside the kernel
+ * (no trip through our memory; some filesystems share or offload the data). Returns the
+ * count copied, 0 at the end of `src`. Neither descriptor's file position moves.
+ */
+export function copyFileRange(src: number, srcPos: number, dst: number, dstPos: number, length: number): number {
+  const offsets = Buffer.alloc(16);
+  offsets.writeBigInt64LE(BigInt(srcPos), 0);
+  offsets.writeBigInt64LE(BigInt(dstPos), 8);
+  const n = Number(c.copy_file_range(src, offsets.subarray(0, 8), dst, offsets.subarray(8), length, 0));
+  if (n < 0) fail('copy_file_range', `fd ${src} -> fd ${dst}`);
+  return n;
 }
 
 const LOCK_EX = 2;

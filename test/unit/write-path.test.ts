@@ -1,6 +1,7 @@
 /** Copy-up and every mutating operation, on plain directories (no FUSE). */
 import assert from 'node:assert/strict';
-import { closeSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { Errno } from '../../src/errors';
@@ -110,6 +111,27 @@ describe('copy-up', requires('root'), () => {
     const data = readFileSync(join(f.upper, 's'));
     assert.equal(data.subarray(-3).toString(), 'end');
     assert.equal(data[0], 0x53);
+  });
+
+  test('data from another filesystem (copy_file_range: EXDEV) is copied by read and write, holes kept', async () => {
+    const shm = mkdtempSync('/dev/shm/tsovl-xdev-');
+    dirs.push(shm);
+    const data = randomBytes(3 << 20);
+    buildLayer(shm, { f: { kind: 'file', data }, s: { kind: 'sparse', size: 32 << 20, data: 'end', at: (32 << 20) - 3 } });
+    const dir = tempDir('xdev');
+    dirs.push(dir);
+    const [upper, work] = [join(dir, 'upper'), join(dir, 'work')];
+    mkdirSync(upper);
+    mkdirSync(work);
+    const ov = await Overlay.open({ lowers: [shm], upper, work });
+    await writeAt(ov, '/f', 'X', 0);
+    await writeAt(ov, '/s', 'S', 0);
+    ov.close();
+    assert.deepEqual(readFileSync(join(upper, 'f')), Buffer.concat([Buffer.from('X'), data.subarray(1)]));
+    const st = lstatSync(join(upper, 's'));
+    assert.equal(st.size, 32 << 20);
+    assert.ok(st.blocks * 512 < 1 << 20, `allocated ${st.blocks * 512} bytes`);
+    assert.equal(readFileSync(join(upper, 's')).subarray(-3).toString(), 'end');
   });
 
   test('O_TRUNC and truncate to 0 copy no data; truncate to a size keeps the head', async () => {
