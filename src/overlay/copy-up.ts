@@ -4,8 +4,8 @@
  * upper layer in one step; its parent directories are copied up first, the same way.
  * A file keeps its st_ino. Concurrent first writers share one copy-up.
  */
-import { closeSync, fsyncSync, ftruncateSync, lchownSync, chmodSync, lstatSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, type BigIntStats } from 'node:fs';
-import { read as fsRead, write as fsWrite, constants as fsc } from 'node:fs';
+import { closeSync, ftruncateSync, lchownSync, chmodSync, lstatSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, type BigIntStats } from 'node:fs';
+import { read as fsRead, write as fsWrite, fsync as fsFsync, constants as fsc } from 'node:fs';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { errorFor, hasCode } from '../errors';
 import { log } from '../log';
@@ -91,7 +91,8 @@ async function copyUpFile(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions)
   try {
     try {
       if (opts.data) await copyData(src, out, Number(st.size));
-      if (ctx.fsync) fsyncSync(out);
+      // In the thread pool: flushing a large copy takes long enough to stall every other request.
+      if (ctx.fsync) await ioFsync(out);
     } finally {
       closeSync(out);
     }
@@ -163,6 +164,10 @@ async function copyRange(mover: DataMover, input: number, out: number, pos: numb
     pos += n;
   }
   return pos;
+}
+
+function ioFsync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fsFsync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
 function ioRead(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
