@@ -32,6 +32,10 @@ export interface MountConfig {
   readonly idmap: IdMapOptions;
   readonly staticNlink: boolean;
   readonly noacl: boolean;
+  /** getxattr, listxattr and setxattr answer ENOSYS, as fuse-overlayfs's noxattrs=1. */
+  readonly noxattrs: boolean;
+  /** Owners and modes kept in an xattr of the upper layer (xattr_permissions=1 or 2), or not (0). */
+  readonly xattrPermissions: 0 | 1 | 2;
   readonly foreground: boolean;
   readonly debug: boolean;
   /** Options handed to libfuse (see fuse/native.ts for why each is there). */
@@ -59,18 +63,22 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   const fuseOptions = [
     // No hard_remove: with it, I/O on a file unlinked while open fails; without it libfuse
     // renames such a file to .fuse_hidden*, which the overlay keeps out of the upper layer.
-    'use_ino', 'big_writes', 'subtype=ts-overlayfs', 'default_permissions',
+    'use_ino', 'big_writes', 'subtype=ts-overlayfs',
     // libfuse 2 alone refuses a non-empty mountpoint; fuse-overlayfs (libfuse 3) and the kernel do not.
     'nonempty',
+    ...addedMountOptions(process.geteuid?.() === 0),
+    // After ours, so that the caller's nosuid or atime wins (libfuse takes the last one).
+    ...o.fuseFlags,
   ];
-  // As root, let everyone in, as fuse-overlayfs does, unless asked for allow_root (the two exclude each other).
-  if (process.getuid?.() === 0 && !o.fuseFlags.includes('allow_root')) fuseOptions.push('allow_other');
-  for (const f of o.fuseFlags) if (!fuseOptions.includes(f)) fuseOptions.push(f);
+  // libfuse 2 refuses allow_other beside allow_root (libfuse 3 lets allow_root win).
+  if (o.fuseFlags.includes('allow_root')) removeAll(fuseOptions, 'allow_other');
   fuseOptions.push(`fsname=${o.fsname.replace(/[\\,]/g, (c) => `\\${c}`)}`);
 
   if (o.lowerdir === undefined || splitLowerdir(o.lowerdir).length === 0) throw new CliError('no lowerdir specified');
   const lowers = await Promise.all(splitLowerdir(o.lowerdir).map((p) => existingDir('lowerdir', p)));
 
+  if (o.upperdir !== undefined && ![0, 1, 2].includes(o.xattrPermissions)) throw new CliError('invalid value for xattr_permissions');
+  if (o.upperdir !== undefined && o.xattrPermissions !== 0) throw new CliError(`xattr_permissions=${o.xattrPermissions} is not supported yet`);
   if (o.upperdir !== undefined && o.workdir === undefined) throw new CliError('upperdir specified without workdir');
   if (o.workdir !== undefined && o.upperdir === undefined) throw new CliError('workdir specified without upperdir');
   const upper = o.upperdir === undefined ? undefined : await existingDir('upperdir', o.upperdir);
@@ -95,7 +103,7 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   const writable = !o.readOnly && upper !== undefined;
   // A read-only mount is read-only in the kernel too: every write is EROFS before reaching us.
   if (!writable) fuseOptions.push('ro');
-  fuseOptions.push(...cacheOptions(writable, o.timeout));
+  fuseOptions.push(...cacheOptions(writable, o.timeout === undefined ? undefined : cacheSeconds(o.timeout)));
   return {
     lowers,
     upper: writable ? upper : undefined,
@@ -103,7 +111,7 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     mountpoint,
     readOnly: !writable,
     xattrNamespace: o.userxattr || !isInitialRoot() ? 'user' : 'trusted',
-    volatile: o.volatile,
+    volatile: o.volatile || !o.fsync,
     idmap: {
       uidRanges: o.uidRanges,
       gidRanges: o.gidRanges,
@@ -113,11 +121,36 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     },
     staticNlink: o.staticNlink,
     noacl: o.noacl,
+    noxattrs: o.noxattrs,
+    xattrPermissions: writable ? (o.xattrPermissions as 0 | 1 | 2) : 0,
     // -d, like -o debug, implies -f: the log goes to the terminal that started the mount.
     foreground: cmd.foreground || cmd.debug || o.debug,
     debug: cmd.debug || o.debug,
     fuseOptions,
   };
+}
+
+/**
+ * The mount options fuse-overlayfs 1.10 puts before the caller's own: as root (its check is
+ * the effective uid, so root of a user namespace too) `default_permissions,allow_other,suid,
+ * noatime,lazytime`, else `default_permissions,noatime`. Without `suid` libfuse mounts nosuid,
+ * and set-user-ID programs in containers would run without their privileges. `lazytime` is
+ * left out: fuse-overlayfs's own option check drops it again ("unknown argument ignored").
+ */
+export function addedMountOptions(root: boolean): string[] {
+  return root ? ['default_permissions', 'allow_other', 'suid', 'noatime'] : ['default_permissions', 'noatime'];
+}
+
+function removeAll(list: string[], item: string): void {
+  for (let i = list.indexOf(item); i >= 0; i = list.indexOf(item)) list.splice(i, 1);
+}
+
+/**
+ * A timeout as the kernel gets it: libfuse makes a negative (or unreadable) one 0, and
+ * anything past ~30 years is forever in practice.
+ */
+function cacheSeconds(t: number): number {
+  return Number.isNaN(t) || t < 0 ? 0 : Math.min(t, 1e9);
 }
 
 /** The real path of an existing directory, or a CliError naming the option. */

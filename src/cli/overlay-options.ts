@@ -1,9 +1,17 @@
 /**
- * What each `-o` option means here, option by option as fuse-overlayfs reads them.
- * Options fuse-overlayfs uses only to tune its own internals are accepted and have no effect;
- * unknown ones are reported (`unknown argument ignored: NAME`) and dropped, as it does.
+ * What each `-o` option means here, read option by option as fuse-overlayfs 1.10 reads it
+ * (its libfuse option table, then its option callback):
+ *  - its own options match only in their documented form: `name=VALUE` options need the `=`
+ *    and switches must be bare, anything else is an unknown option (`fsync` alone, `noacl=1`);
+ *  - numeric values are read like sscanf("%d"): the leading integer, junk after it ignored,
+ *    no digits at all an error (`fsync=abc`);
+ *  - the libfuse options it keeps for libfuse are passed on to libfuse here (libfuse 2 then
+ *    takes or refuses them, as libfuse 3 does there);
+ *  - anything else is reported (`unknown argument ignored: ARG`) and dropped, as it does.
+ * Two options are ours alone: `fsname=` and `userxattr`.
  */
 import { parseIdMapping, type IdRange } from '../overlay/idmap';
+import { scanInt, strtod } from './c-numbers';
 import type { ParsedOption } from './mount-options';
 import { unescape } from './mount-options';
 
@@ -16,7 +24,9 @@ export interface OptionSettings {
   readOnly: boolean;
   debug: boolean;
   userxattr: boolean;
+  /** `volatile`, or `fsync=0`: whichever order they come in, volatile wins. */
   volatile: boolean;
+  fsync: boolean;
   timeout?: number;
   fsname: string;
   uidRanges?: IdRange[];
@@ -26,82 +36,95 @@ export interface OptionSettings {
   squashGid?: number;
   staticNlink: boolean;
   noacl: boolean;
-  /** libfuse mount options passed through as given. */
+  noxattrs: boolean;
+  /** As given; only 0, 1 and 2 mean something, and only with an upper layer (see config.ts). */
+  xattrPermissions: number;
+  /** libfuse mount options passed through as given, in order. */
   fuseFlags: string[];
 }
 
-/** libfuse 2.9 mount options passed through as given. */
-const FUSE_FLAGS = new Set([
-  'allow_other', 'allow_root', 'default_permissions', 'nonempty', 'auto_unmount',
-  'suid', 'nosuid', 'dev', 'nodev', 'exec', 'noexec', 'atime', 'noatime',
-  'sync', 'async', 'dirsync', 'rw',
+/** The libfuse options fuse-overlayfs 1.10 keeps for libfuse, matched as whole bare words. */
+const LIBFUSE_FLAGS = new Set([
+  'allow_root', 'default_permissions', 'allow_other', 'suid', 'dev', 'nosuid', 'nodev', 'exec', 'noexec',
+  'atime', 'noatime', 'diratime', 'nodiratime', 'splice_write', 'splice_read', 'splice_move', 'kernel_cache', 'max_write',
 ]);
 
 /** fuse-overlayfs tunes its own threads, caches and inode numbering with these; ours need no tuning. */
-const ACCEPTED_WITHOUT_EFFECT = new Set(['threaded', 'writeback', 'fast_ino']);
+const TUNING_WITHOUT_EFFECT = ['threaded', 'writeback', 'fast_ino'];
 
-type Handler = (s: OptionSettings, value: string | null, name: string) => void;
+type ValueHandler = (s: OptionSettings, value: string, name: string) => void;
+type SwitchHandler = (s: OptionSettings) => void;
 
-function required(name: string, value: string | null): string {
-  if (value === null || value === '') throw new OptionError(`option ${name} needs a value`);
+function int(name: string, value: string): number {
+  const n = scanInt(unescape(value));
+  // libfuse's own wording for a `%d` option it cannot read.
+  if (n === null) throw new OptionError(`invalid parameter in option \`${name}=${value}'`);
+  return n;
+}
+
+function path(name: string, value: string): string {
+  if (value === '') throw new OptionError(`option ${name} needs a value`);
   return unescape(value);
 }
 
-function id(name: string, value: string | null): number {
-  const v = required(name, value);
-  if (!/^\d+$/.test(v)) throw new OptionError(`invalid ${name}: ${v}`);
-  return Number(v);
-}
-
-function ranges(name: string, value: string | null): IdRange[] {
+function ranges(name: string, value: string): IdRange[] {
   try {
-    return parseIdMapping(required(name, value));
+    return parseIdMapping(unescape(value));
   } catch (err) {
     throw new OptionError(`invalid ${name}: ${(err as Error).message}`);
   }
 }
 
-/** A 0/1 switch, as fuse-overlayfs writes them (`fsync=0`); a bare name means 1. */
-function flag(name: string, value: string | null): boolean {
-  if (value === null || value === '1') return true;
-  if (value === '0') return false;
-  throw new OptionError(`invalid ${name}: ${value} (expected 0 or 1)`);
+/** squash_to_uid/gid: -1 is fuse-overlayfs's "not set"; other values are a uid_t. */
+function squashId(name: string, value: string): number | undefined {
+  const n = int(name, value);
+  return n === -1 ? undefined : n >>> 0;
 }
 
-const HANDLERS: Record<string, Handler> = {
-  // Raw values: the lowerdir list is split later, escapes and all.
-  lowerdir: (s, v) => { s.lowerdir = v ?? ''; },
-  upperdir: (s, v, n) => { s.upperdir = required(n, v); },
-  workdir: (s, v, n) => { s.workdir = required(n, v); },
-  ro: (s) => { s.readOnly = true; },
-  debug: (s) => { s.debug = true; },
-  userxattr: (s) => { s.userxattr = true; },
-  volatile: (s) => { s.volatile = true; },
-  fsync: (s, v, n) => { s.volatile = !flag(n, v); },
-  timeout: (s, v, n) => {
-    const t = Number(required(n, v));
-    if (!Number.isFinite(t) || t < 0) throw new OptionError(`invalid timeout: ${v}`);
-    s.timeout = t;
-  },
-  fsname: (s, v, n) => { s.fsname = required(n, v); },
+/** timeout= goes through strtod: a value it cannot read is 0, only overflow is an error. */
+function timeout(value: string): number {
+  const t = strtod(unescape(value));
+  if (t.range) throw new OptionError(`cannot convert ${value}`);
+  return t.value;
+}
+
+/** Options written `name=VALUE`; the bare name is an unknown option. */
+const WITH_VALUE: Record<string, ValueHandler> = {
+  // Raw value: the lowerdir list is split later, escapes and all.
+  lowerdir: (s, v) => { s.lowerdir = v; },
+  upperdir: (s, v, n) => { s.upperdir = path(n, v); },
+  workdir: (s, v, n) => { s.workdir = path(n, v); },
+  // The SELinux label podman passes on such hosts: fuse-overlayfs takes it and does nothing with it.
+  context: () => undefined,
+  fsync: (s, v, n) => { s.fsync = int(n, v) !== 0; },
+  timeout: (s, v) => { s.timeout = timeout(v); },
   uidmapping: (s, v, n) => { s.uidRanges = ranges(n, v); },
   gidmapping: (s, v, n) => { s.gidRanges = ranges(n, v); },
-  squash_to_root: (s) => { s.squashToRoot = true; },
-  squash_to_uid: (s, v, n) => { s.squashUid = id(n, v); },
-  squash_to_gid: (s, v, n) => { s.squashGid = id(n, v); },
-  static_nlink: (s) => { s.staticNlink = true; },
-  noacl: (s) => { s.noacl = true; },
-  xattr_permissions: (_s, v, n) => {
-    // fuse-overlayfs can keep modes and owners in xattrs (1, 2); ours are always the real ones.
-    if (required(n, v) !== '0') throw new OptionError(`xattr_permissions=${v} is not supported (only 0)`);
-  },
-  redirect_dir: (_s, v, n) => {
-    const mode = required(n, v);
-    if (mode !== 'off' && mode !== 'nofollow') throw new OptionError(`redirect_dir=${mode} is not supported (off, nofollow)`);
+  squash_to_uid: (s, v, n) => { s.squashUid = squashId(n, v); },
+  squash_to_gid: (s, v, n) => { s.squashGid = squashId(n, v); },
+  noxattrs: (s, v, n) => { s.noxattrs = int(n, v) !== 0; },
+  xattr_permissions: (s, v, n) => { s.xattrPermissions = int(n, v); },
+  redirect_dir: (_s, v) => {
+    if (unescape(v) !== 'off') throw new OptionError('only redirect_dir=off is supported (as in fuse-overlayfs)');
   },
   plugins: () => {
     throw new OptionError('plugins are not supported');
   },
+  ...Object.fromEntries(TUNING_WITHOUT_EFFECT.map((name): [string, ValueHandler] => [name, (_s, v, n) => { int(n, v); }])),
+  // Ours alone.
+  fsname: (s, v, n) => { s.fsname = path(n, v); },
+};
+
+/** Options written as a bare name; `name=VALUE` is an unknown option. */
+const SWITCHES: Record<string, SwitchHandler> = {
+  squash_to_root: (s) => { s.squashToRoot = true; },
+  static_nlink: (s) => { s.staticNlink = true; },
+  volatile: (s) => { s.volatile = true; },
+  noacl: (s) => { s.noacl = true; },
+  ro: (s) => { s.readOnly = true; },
+  debug: (s) => { s.debug = true; },
+  // Ours alone.
+  userxattr: (s) => { s.userxattr = true; },
 };
 
 export function interpretOptions(options: Iterable<ParsedOption>, warn: (message: string) => void): OptionSettings {
@@ -110,20 +133,20 @@ export function interpretOptions(options: Iterable<ParsedOption>, warn: (message
     debug: false,
     userxattr: false,
     volatile: false,
+    fsync: true,
     fsname: 'ts-overlayfs',
     squashToRoot: false,
     staticNlink: false,
     noacl: false,
+    noxattrs: false,
+    xattrPermissions: 0,
     fuseFlags: [],
   };
   for (const o of options) {
-    const handler = HANDLERS[o.name];
-    if (handler) handler(s, o.value, o.name);
-    else if (FUSE_FLAGS.has(o.name) && o.value === null) {
-      if (!s.fuseFlags.includes(o.name)) s.fuseFlags.push(o.name);
-    } else if (!ACCEPTED_WITHOUT_EFFECT.has(o.name)) {
-      warn(`unknown argument ignored: ${o.name}`);
-    }
+    if (o.value !== null && Object.hasOwn(WITH_VALUE, o.name)) WITH_VALUE[o.name](s, o.value, o.name);
+    else if (o.value === null && Object.hasOwn(SWITCHES, o.name)) SWITCHES[o.name](s);
+    else if (o.value === null && LIBFUSE_FLAGS.has(o.name)) s.fuseFlags.push(o.name);
+    else warn(`unknown argument ignored: ${o.value === null ? o.name : `${o.name}=${o.value}`}`);
   }
   return s;
 }
