@@ -347,6 +347,16 @@ describe('mounting from the command line', { ...requires('root', 'fuse'), timeou
     assert.deepEqual(listing(lower), lowerBefore, 'the lower is unchanged');
   });
 
+  // fuse-overlayfs hands diratime and a bare max_write to libfuse, which refuses them (libfuse 3
+  // there, 2 here): the mount fails, and libfuse 2's half-made mount must not stay behind.
+  test('13. a libfuse option libfuse refuses fails the mount and leaves nothing', () => {
+    const [mnt] = mkdirs(root, 'mnt13');
+    for (const opt of ['diratime', 'max_write']) {
+      assertRefused(['-o', `lowerdir=${lower},${opt}`, mnt], [opt], [root]);
+      assert.ok(!isMounted(mnt), `${opt}: nothing left mounted`);
+    }
+  });
+
   // Beyond the listed cases: fuse-overlayfs 1.10 run as root accepts allow_root and mounts;
   // libfuse refuses allow_root beside the allow_other we add for root, so we must not add it.
   test('12. allow_root, accepted by fuse-overlayfs as root, mounts', async () => {

@@ -39,9 +39,17 @@ export async function serve(config: MountConfig): Promise<Served> {
     // fuse-native would answer ETIMEDOUT after 15 s; a large copy-up or read may take longer.
     timeout: false,
   });
-  await new Promise<void>((resolve, reject) => {
-    fuse.mount((err) => (err ? reject(new Error(`cannot mount on ${config.mountpoint}: ${err.message}`)) : resolve()));
-  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      fuse.mount((err) => (err ? reject(new Error(`cannot mount on ${config.mountpoint}: ${err.message}`)) : resolve()));
+    });
+  } catch (err) {
+    // libfuse 2 mounts before it reads its own options: one it refuses (diratime, a bare
+    // max_write) fails the start but leaves a dead mount behind. The mountpoint was checked
+    // free, so a mount of ours there now is that one.
+    if (await isMounted(config.mountpoint)) await unmount(config.mountpoint);
+    throw err;
+  }
   const entryTimeout = Number(config.fuseOptions.find((o) => o.startsWith('entry_timeout='))?.split('=')[1]);
   if (!fuse.enableUtimeOmit(entryTimeout)) {
     log.mount('libfuse layout not recognised: setting only one of atime/mtime will be dropped');
