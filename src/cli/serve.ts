@@ -34,6 +34,7 @@ export async function serve(config: MountConfig): Promise<Served> {
     idmap: config.idmap,
     staticNlink: config.staticNlink,
     noacl: config.noacl,
+    noxattrs: config.noxattrs,
   });
   const fuse = new NativeFuse(config.mountpoint, fuseOperations(overlay), config.fuseOptions, {
     // fuse-native would answer ETIMEDOUT after 15 s; a large copy-up or read may take longer.

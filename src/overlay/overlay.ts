@@ -32,6 +32,11 @@ export interface OverlayConfig {
   readonly staticNlink?: boolean;
   /** No POSIX ACLs through the mount (noacl). */
   readonly noacl?: boolean;
+  /**
+   * getxattr, listxattr and setxattr answer ENOSYS, as with fuse-overlayfs's noxattrs=1 (the
+   * kernel then answers EOPNOTSUPP itself and stops asking); removexattr still works there.
+   */
+  readonly noxattrs?: boolean;
 }
 
 const ACL_XATTRS = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
@@ -341,6 +346,7 @@ export class Overlay {
   }
 
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
+    this.checkXattrsOn();
     this.checkAcl(name);
     await writes.setxattr(this.ctx, await this.resolve(path), name, value, flags);
   }
@@ -389,6 +395,7 @@ export class Overlay {
   }
 
   async getxattr(path: string, name: string): Promise<Buffer> {
+    this.checkXattrsOn();
     const node = await this.resolve(path);
     this.checkAcl(name);
     if (isPrivateXattr(name)) throw errorFor('ENODATA', name);
@@ -396,8 +403,13 @@ export class Overlay {
   }
 
   async listxattr(path: string): Promise<string[]> {
+    this.checkXattrsOn();
     const node = await this.resolve(path);
     return llistxattr(node.realPath).filter((name) => !isPrivateXattr(name) && !(this.config.noacl && ACL_XATTRS.has(name)));
+  }
+
+  private checkXattrsOn(): void {
+    if (this.config.noxattrs) throw errorFor('ENOSYS', 'noxattrs');
   }
 
   /** With noacl, POSIX ACLs do not exist through the mount. */

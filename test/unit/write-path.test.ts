@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { Errno } from '../../src/errors';
 import { isWhiteoutStat } from '../../src/overlay/format';
-import { Overlay } from '../../src/overlay/overlay';
+import { Overlay, type OverlayConfig } from '../../src/overlay/overlay';
 import { lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
 import { errno } from '../helpers/errors';
@@ -26,7 +26,10 @@ interface Fixture {
   work: string;
 }
 
-async function fixture(trees: Tree[], whiteoutStyle?: 'aufs'): Promise<Fixture> {
+/** Overlay settings a test may add to the layer set (forced formats, options). */
+type Extra = Omit<OverlayConfig, 'lowers' | 'upper' | 'work'>;
+
+async function fixture(trees: Tree[], extra: Extra = {}): Promise<Fixture> {
   const dir = tempDir('writes');
   dirs.push(dir);
   const lowers = trees.map((tree, i) => {
@@ -37,7 +40,7 @@ async function fixture(trees: Tree[], whiteoutStyle?: 'aufs'): Promise<Fixture> 
   const work = join(dir, 'work');
   mkdirSync(upper);
   mkdirSync(work);
-  return { ov: await Overlay.open({ lowers, upper, work, whiteoutStyle }), lowers, upper, work };
+  return { ov: await Overlay.open({ lowers, upper, work, ...extra }), lowers, upper, work };
 }
 
 async function names(ov: Overlay, path: string): Promise<string[]> {
@@ -447,7 +450,7 @@ describe('namespace changes', requires('root'), () => {
 
 describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires('root'), () => {
   test('unlink, rmdir and rename leave .wh.NAME files that hide the lower names', async () => {
-    const f = await fixture([{ a: { kind: 'file' }, 'd/x': { kind: 'file' }, m: { kind: 'file', data: 'm' } }], 'aufs');
+    const f = await fixture([{ a: { kind: 'file' }, 'd/x': { kind: 'file' }, m: { kind: 'file', data: 'm' } }], { whiteoutStyle: 'aufs' });
     await f.ov.unlink('/a');
     await f.ov.unlink('/d/x');
     await f.ov.rmdir('/d');
@@ -486,7 +489,7 @@ describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires
   });
 
   test('names come back over .wh.NAME; a directory made there is opaque', async () => {
-    const f = await fixture([{ a: { kind: 'file', data: 'old' }, 'd/x': { kind: 'file' } }], 'aufs');
+    const f = await fixture([{ a: { kind: 'file', data: 'old' }, 'd/x': { kind: 'file' } }], { whiteoutStyle: 'aufs' });
     await f.ov.unlink('/a');
     closeSync(await f.ov.create('/a', 0o644));
     await f.ov.unlink('/d/x');
@@ -499,5 +502,17 @@ describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires
     const again = await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work, whiteoutStyle: 'aufs' });
     assert.deepEqual(await names(again, '/d'), []);
     assert.equal((await again.getattr('/a')).size, 0);
+  });
+});
+
+describe('noxattrs=1', requires('root'), () => {
+  test('getxattr, listxattr and setxattr answer ENOSYS (the kernel shows EOPNOTSUPP); removexattr works', async () => {
+    const f = await fixture([{ f: { kind: 'file', xattrs: { 'user.a': '1' } } }], { noxattrs: true });
+    assert.equal(await errno(f.ov.getxattr('/f', 'user.a')), Errno.ENOSYS);
+    assert.equal(await errno(f.ov.listxattr('/f')), Errno.ENOSYS);
+    assert.equal(await errno(f.ov.setxattr('/f', 'user.b', Buffer.from('2'), 0)), Errno.ENOSYS);
+    assert.ok(!existsSync(join(f.upper, 'f')), 'refused before any copy-up');
+    await f.ov.removexattr('/f', 'user.a');
+    assert.deepEqual(llistxattr(join(f.upper, 'f')), []);
   });
 });
