@@ -26,6 +26,8 @@ export interface OverlayConfig {
   readonly volatile?: boolean;
   /** Force a whiteout style instead of probing what the upper filesystem allows (tests). */
   readonly whiteoutStyle?: 'chardev' | 'aufs';
+  /** Force opaque markers as xattrs or `.wh..wh..opq` files instead of probing the upper (tests). */
+  readonly opaqueStyle?: writes.OpaqueStyle;
   /** uidmapping / gidmapping / squash_* (fuse-overlayfs's options). */
   readonly idmap?: IdMapOptions;
   /** Every directory reports nlink 1 (static_nlink). */
@@ -122,13 +124,15 @@ export class Overlay {
       let ctx: writes.WriteContext | null = null;
       if (config.work !== undefined && config.upper !== undefined) {
         work = await Workdir.prepare(config.work, layers[0].dev);
+        const xattrNamespace = config.xattrNamespace ?? 'trusted';
         ctx = {
           tree,
           upper: layers[0],
           work,
           fsync: !config.volatile,
-          xattrNamespace: config.xattrNamespace ?? 'trusted',
+          xattrNamespace,
           whiteoutStyle: config.whiteoutStyle ?? writes.probeWhiteoutStyle(work.temp()),
+          opaqueStyle: config.opaqueStyle ?? writes.probeOpaqueStyle(work.temp(), xattrNamespace),
         };
       }
       return new Overlay(config, layers, tree, ctx);

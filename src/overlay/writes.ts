@@ -8,12 +8,13 @@
  */
 import {
   chmodSync, constants as fsc, fchmodSync, fchownSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
-  existsSync, readdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync,
+  existsSync, readdirSync, rmdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync,
 } from 'node:fs';
+import { join } from 'node:path';
 import { errorFor, hasCode } from '../errors';
 import { UTIME_NOW, UTIME_OMIT, type Timespec, lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
 import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
-import { isPrivateXattr, isWhiteoutName, isWhiteoutStat, WHITEOUT_PREFIX } from './format';
+import { isPrivateXattr, isWhiteoutName, isWhiteoutStat, OPAQUE_WHITEOUT, WHITEOUT_PREFIX } from './format';
 import { layerPath } from './layer';
 import type { TimeChange } from './overlay';
 import { lowerPositive, type OvlNode } from './tree';
@@ -26,6 +27,38 @@ export interface WriteContext extends UpperContext {
    * to make those (before Linux 5.8, unprivileged), `.wh.NAME` files as fuse-overlayfs does.
    */
   readonly whiteoutStyle: 'chardev' | 'aufs';
+  /**
+   * How directories are made opaque: the `overlay.opaque` xattr, or, where the upper
+   * filesystem refuses that xattr, a `.wh..wh..opq` file inside, as fuse-overlayfs falls back.
+   */
+  readonly opaqueStyle: OpaqueStyle;
+}
+
+export type OpaqueStyle = 'xattr' | 'file';
+
+type SetXattr = (path: string, name: string, value: Buffer) => void;
+
+/** The opaque xattr's name in the namespace the upper layer is written in. */
+function opaqueXattr(namespace: 'trusted' | 'user'): string {
+  return `${namespace}.overlay.opaque`;
+}
+
+/**
+ * Whether the upper filesystem takes the opaque xattr (probed once at mount, on a scratch
+ * directory). It refuses with ENOTSUP/EOPNOTSUPP when it has no xattrs (of that namespace),
+ * with EPERM when trusted.* needs privileges this process lacks.
+ */
+export function probeOpaqueStyle(scratch: string, namespace: 'trusted' | 'user', set: SetXattr = lsetxattr): OpaqueStyle {
+  mkdirSync(scratch, { mode: 0o700 });
+  try {
+    set(scratch, opaqueXattr(namespace), Buffer.from('y'));
+    return 'xattr';
+  } catch (err) {
+    if (hasCode(err, 'ENOTSUP', 'EOPNOTSUPP', 'EPERM')) return 'file';
+    throw err;
+  } finally {
+    rmdirSync(scratch);
+  }
 }
 
 /** Which whiteouts this process may make in `dir` (probed once at mount). */
@@ -96,7 +129,9 @@ function dropAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): void {
 }
 
 function setOpaque(ctx: WriteContext, path: string): void {
-  lsetxattr(path, `${ctx.xattrNamespace}.overlay.opaque`, Buffer.from('y'));
+  if (ctx.opaqueStyle === 'xattr') lsetxattr(path, opaqueXattr(ctx.xattrNamespace), Buffer.from('y'));
+  // fuse-overlayfs makes it 0700; it is never shown, only its name counts.
+  else writeFileSync(join(path, OPAQUE_WHITEOUT), '', { mode: 0o700, flag: 'w' });
 }
 
 /** The listing cache of DIR's upper layer after NAME became `kind` there (or went). */

@@ -4,8 +4,9 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { Errno } from '../../src/errors';
-import { isWhiteoutStat } from '../../src/overlay/format';
+import { Errno, errorFor } from '../../src/errors';
+import { isWhiteoutStat, OPAQUE_WHITEOUT } from '../../src/overlay/format';
+import { probeOpaqueStyle } from '../../src/overlay/writes';
 import { Overlay, type OverlayConfig } from '../../src/overlay/overlay';
 import { lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
@@ -514,5 +515,37 @@ describe('noxattrs=1', requires('root'), () => {
     assert.ok(!existsSync(join(f.upper, 'f')), 'refused before any copy-up');
     await f.ov.removexattr('/f', 'user.a');
     assert.deepEqual(llistxattr(join(f.upper, 'f')), []);
+  });
+});
+
+describe('opaque markers where the upper refuses the opaque xattr', requires('root'), () => {
+  test('mkdir over a whiteout and a directory moved into a merged one get a .wh..wh..opq file', async () => {
+    const f = await fixture([{ 'd/old': { kind: 'file' }, 'm/below': { kind: 'file' } }], { opaqueStyle: 'file' });
+    await f.ov.unlink('/d/old');
+    await f.ov.rmdir('/d');
+    await f.ov.mkdir('/d', 0o755);
+    await f.ov.mkdir('/new', 0o755);
+    await f.ov.rename('/new', '/m/moved');
+    for (const d of ['d', 'm/moved']) {
+      assert.deepEqual(readdirSync(join(f.upper, d)), [OPAQUE_WHITEOUT], d);
+      assert.equal(opaque(join(f.upper, d)), undefined, `${d}: no xattr`);
+    }
+    assert.deepEqual(await names(f.ov, '/d'), []);
+    f.ov.close();
+    const again = await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work, opaqueStyle: 'file' });
+    assert.deepEqual(await names(again, '/d'), [], 'a remount reads the file as opaque');
+    assert.deepEqual(await names(again, '/m'), ['below', 'moved']);
+    await again.rmdir('/d');
+    assert.ok(isWhiteout(join(f.upper, 'd')), 'the marker does not keep an empty directory from going');
+  });
+
+  test('the probe: the xattr where it is taken, the file where it is refused (ENOTSUP, EOPNOTSUPP, EPERM)', () => {
+    const d = tempDir('probe');
+    dirs.push(d);
+    const refusing = (code: 'ENOTSUP' | 'EOPNOTSUPP' | 'EPERM' | 'EIO') => () => { throw errorFor(code); };
+    assert.equal(probeOpaqueStyle(join(d, 'a'), 'trusted'), 'xattr');
+    for (const code of ['ENOTSUP', 'EOPNOTSUPP', 'EPERM'] as const) assert.equal(probeOpaqueStyle(join(d, code), 'trusted', refusing(code)), 'file', code);
+    assert.throws(() => probeOpaqueStyle(join(d, 'b'), 'user', refusing('EIO')), /EIO/);
+    assert.deepEqual(readdirSync(d), [], 'the scratch directories are gone');
   });
 });
