@@ -11,7 +11,7 @@
  * Two options are ours alone: `fsname=` and `userxattr`.
  */
 import { parseIdMapping, type IdRange } from '../overlay/idmap';
-import { scanInt, strtod } from './c-numbers';
+import { scanInt, strtod } from '../c-numbers';
 import type { ParsedOption } from './mount-options';
 import { unescape } from './mount-options';
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { parseOptionStrings } from '../../src/cli/mount-options';
-import { scanInt, strtod } from '../../src/cli/c-numbers';
+import { scanInt, strtod } from '../../src/c-numbers';
 import { addedMountOptions } from '../../src/cli/config';
 import { interpretOptions, OptionError } from '../../src/cli/overlay-options';
 import { IdMap, OVERFLOW_ID, parseIdMapping } from '../../src/overlay/idmap';
