@@ -78,7 +78,6 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   const lowers = await Promise.all(splitLowerdir(o.lowerdir).map((p) => existingDir('lowerdir', p)));
 
   if (o.upperdir !== undefined && ![0, 1, 2].includes(o.xattrPermissions)) throw new CliError('invalid value for xattr_permissions');
-  if (o.upperdir !== undefined && o.xattrPermissions !== 0) throw new CliError(`xattr_permissions=${o.xattrPermissions} is not supported yet`);
   if (o.upperdir !== undefined && o.workdir === undefined) throw new CliError('upperdir specified without workdir');
   if (o.workdir !== undefined && o.upperdir === undefined) throw new CliError('workdir specified without upperdir');
   const upper = o.upperdir === undefined ? undefined : await existingDir('upperdir', o.upperdir);

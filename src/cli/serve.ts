@@ -35,6 +35,7 @@ export async function serve(config: MountConfig): Promise<Served> {
     staticNlink: config.staticNlink,
     noacl: config.noacl,
     noxattrs: config.noxattrs,
+    xattrPermissions: config.xattrPermissions,
   });
   const fuse = new NativeFuse(config.mountpoint, fuseOperations(overlay), config.fuseOptions, {
     // fuse-native would answer ETIMEDOUT after 15 s; a large copy-up or read may take longer.

@@ -12,6 +12,7 @@ import { log } from '../log';
 import { copyFileRange, dup2, lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
 import { isPrivateXattr } from './format';
 import { layerPath, type Layer } from './layer';
+import type { StatOverrides } from './stat-override';
 import type { OverlayTree, OvlNode } from './tree';
 import type { Workdir } from './workdir';
 
@@ -21,6 +22,8 @@ export interface UpperContext {
   readonly work: Workdir;
   /** fsync copied data before it is renamed into place (off with `volatile`). */
   readonly fsync: boolean;
+  /** Owners and modes kept in xattrs (xattr_permissions, containers/storage layers). */
+  readonly overrides: StatOverrides;
 }
 
 const S_IFMT = 0o170000;
@@ -75,7 +78,7 @@ function copyUpSync(ctx: UpperContext, node: OvlNode): void {
   else if (type === S_IFLNK) symlinkSync(readlinkSync(src), tmp);
   else mknod(tmp, Number(st.mode), Number(st.rdev));
   try {
-    copyAttributes(src, tmp, st);
+    copyAttributes(ctx, node.layer, src, tmp, st);
   } catch (err) {
     rmSync(tmp, { recursive: true, force: true });
     throw err;
@@ -96,7 +99,7 @@ async function copyUpFile(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions)
     } finally {
       closeSync(out);
     }
-    copyAttributes(src, tmp, st);
+    copyAttributes(ctx, node.layer, src, tmp, st);
     // The entry may have been removed or renamed while its data was being copied.
     if (!node.attached) throw errorFor('ENOENT', node.path);
     if (node.layer.upper) throw errorFor('EEXIST', node.path);
@@ -189,11 +192,16 @@ function timespec(ns: bigint): Timespec {
 /**
  * Owner first: chown drops security.capability and the set-id bits. Then mode (set-id bits
  * included), then xattrs (but the overlay's own), then times, which every other change touches.
+ * Owner and mode are the ones shown: a lower layer's override is applied for real, or
+ * recorded in the upper's own override (xattr_permissions), as fuse-overlayfs copies up.
  */
-function copyAttributes(src: string, dst: string, st: BigIntStats): void {
+function copyAttributes(ctx: UpperContext, layer: Layer, src: string, dst: string, st: BigIntStats): void {
   const isLink = (Number(st.mode) & S_IFMT) === S_IFLNK;
-  lchownSync(dst, Number(st.uid), Number(st.gid));
-  if (!isLink) chmodSync(dst, Number(st.mode) & 0o7777);
+  const attrs = ctx.overrides.stored(layer, src, { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) });
+  if (!ctx.overrides.record(dst, attrs)) {
+    lchownSync(dst, attrs.uid, attrs.gid);
+    if (!isLink) chmodSync(dst, attrs.mode & 0o7777);
+  }
   for (const name of llistxattr(src)) {
     if (isPrivateXattr(name)) continue;
     try {

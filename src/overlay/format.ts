@@ -10,8 +10,13 @@ export const WHITEOUT_PREFIX = '.wh.';
 export const OPAQUE_WHITEOUT = '.wh..wh..opq';
 /** Kernel opaque markers; `user.` is what the kernel's `userxattr` mode (rootless) uses. */
 export const OPAQUE_XATTRS = ['trusted.overlay.opaque', 'user.overlay.opaque'] as const;
-/** The overlay's own xattr namespaces: never shown through the mount. */
-const PRIVATE_XATTR_PREFIXES = ['trusted.overlay.', 'user.overlay.'] as const;
+/**
+ * The overlay's own xattr namespaces: never shown through the mount, never set through it,
+ * never copied up. fuse-overlayfs's own (`user.fuseoverlayfs.`: origins, owner and mode
+ * overrides) too, as it hides them; and its privileged override, which it shows but which
+ * would let anyone who may set it fake an owner.
+ */
+const PRIVATE_XATTR_PREFIXES = ['trusted.overlay.', 'user.overlay.', 'user.fuseoverlayfs.', 'security.fuseoverlayfs.'] as const;
 
 const S_IFMT = 0o170000;
 const S_IFCHR = 0o020000;

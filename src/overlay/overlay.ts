@@ -10,6 +10,7 @@ import { isPrivateXattr } from './format';
 import { closeLayers, openLayers, type Layer } from './layer';
 import { OverlayTree, type OvlNode } from './tree';
 import { IdMap, type IdMapOptions } from './idmap';
+import { StatOverrides, type XattrPermissions } from './stat-override';
 import { Workdir } from './workdir';
 import * as writes from './writes';
 
@@ -39,6 +40,8 @@ export interface OverlayConfig {
    * kernel then answers EOPNOTSUPP itself and stops asking); removexattr still works there.
    */
   readonly noxattrs?: boolean;
+  /** Owners and modes of new upper attributes kept in xattrs: 1 security.*, 2 user.* (xattr_permissions). */
+  readonly xattrPermissions?: XattrPermissions;
 }
 
 const ACL_XATTRS = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
@@ -109,6 +112,7 @@ export class Overlay {
     readonly config: OverlayConfig,
     readonly layers: readonly Layer[],
     readonly tree: OverlayTree,
+    private readonly overrides: StatOverrides,
     private readonly writeContext: writes.WriteContext | null,
   ) {
     this.ids = new IdMap(config.idmap);
@@ -122,8 +126,12 @@ export class Overlay {
       const tree = new OverlayTree(layers);
       await tree.root();
       let ctx: writes.WriteContext | null = null;
+      // Without an upper there is nothing to record overrides in (and nothing to prepare).
+      let overrides = StatOverrides.open(layers, 0);
       if (config.work !== undefined && config.upper !== undefined) {
         work = await Workdir.prepare(config.work, layers[0].dev);
+        // Only once the workdir is ours: preparing the upper root writes to it.
+        overrides = StatOverrides.open(layers, config.xattrPermissions ?? 0);
         const xattrNamespace = config.xattrNamespace ?? 'trusted';
         ctx = {
           tree,
@@ -133,9 +141,10 @@ export class Overlay {
           xattrNamespace,
           whiteoutStyle: config.whiteoutStyle ?? writes.probeWhiteoutStyle(work.temp()),
           opaqueStyle: config.opaqueStyle ?? writes.probeOpaqueStyle(work.temp(), xattrNamespace),
+          overrides,
         };
       }
-      return new Overlay(config, layers, tree, ctx);
+      return new Overlay(config, layers, tree, overrides, ctx);
     } catch (err) {
       work?.release();
       closeLayers(layers);
@@ -463,10 +472,11 @@ export class Overlay {
     // Nanoseconds as integers: the float st.mtimeMs rounds .9999999 s up to the next second.
     const st = lstatSync(node.realPath, { bigint: true });
     const ms = (ns: bigint) => Number(ns / 1_000_000n);
+    const attrs = this.overrides.stored(node.layer, node.realPath, { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) });
     return {
-      mode: Number(st.mode),
-      uid: this.ids.shownUid(Number(st.uid)),
-      gid: this.ids.shownGid(Number(st.gid)),
+      mode: attrs.mode,
+      uid: this.ids.shownUid(attrs.uid),
+      gid: this.ids.shownGid(attrs.gid),
       size: Number(st.size),
       nlink: node.isMergedDir || (node.isDir && this.config.staticNlink) ? 1 : Number(st.nlink),
       ino: node.ino,

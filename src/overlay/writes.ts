@@ -7,7 +7,7 @@
  * to every other request this process serves; only copying file data waits.
  */
 import {
-  chmodSync, constants as fsc, fchmodSync, fchownSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
+  chmodSync, constants as fsc, fchownSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
   existsSync, readdirSync, rmdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -16,6 +16,7 @@ import { UTIME_NOW, UTIME_OMIT, type Timespec, lgetxattr, lremovexattr, lsetxatt
 import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
 import { isPrivateXattr, isWhiteoutName, isWhiteoutStat, OPAQUE_WHITEOUT, WHITEOUT_PREFIX } from './format';
 import { layerPath } from './layer';
+import type { Attrs } from './stat-override';
 import type { TimeChange } from './overlay';
 import { lowerPositive, type OvlNode } from './tree';
 
@@ -75,7 +76,24 @@ export function probeWhiteoutStyle(scratch: string): 'chardev' | 'aufs' {
 
 const S_IFMT = 0o170000;
 const S_IFCHR = 0o020000;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
 const S_ISGID = 0o2000;
+const NO_ID = 0xffffffff;
+
+/** Gives a new upper entry its mode (type bits included): in its override where the upper keeps one, else for real. */
+function giveMode(ctx: WriteContext, path: string, mode: number): void {
+  if (ctx.overrides.recording) {
+    const st = lstatSync(path);
+    if (ctx.overrides.record(path, { uid: st.uid, gid: st.gid, mode })) return;
+  }
+  chmodSync(path, mode & 0o7777);
+}
+
+/** Changes the stored owner or mode of an upper entry in its override; false where it has none to change. */
+function changeOverride(ctx: WriteContext, path: string, change: (current: Attrs) => Attrs): boolean {
+  return ctx.overrides.recording && ctx.overrides.record(path, change(ctx.overrides.current(ctx.upper, path)));
+}
 
 /** Names starting `.wh.` are whiteouts to every layer reader: they cannot be made through the mount. */
 export function checkNewName(name: string): void {
@@ -197,7 +215,7 @@ export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: numb
     const fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
     if (gid !== undefined) fchownSync(fd, -1, gid);
     // The kernel already applied the caller's umask; ours must not apply again.
-    fchmodSync(fd, mode & 0o7777);
+    giveMode(ctx, path, S_IFREG | (mode & 0o7777));
     return fd;
   });
 }
@@ -209,7 +227,7 @@ export function mknodAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
   placeNew(ctx, dir, name, (path, gid) => {
     mknod(path, (mode & S_IFMT) | 0o600, rdev);
     if (gid !== undefined) lchownSync(path, -1, gid);
-    chmodSync(path, mode & 0o7777);
+    giveMode(ctx, path, mode);
   });
 }
 
@@ -241,7 +259,7 @@ export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
     mkdirSync(tmp, { mode: 0o700 });
     try {
       if (inherited.gid !== undefined) lchownSync(tmp, -1, inherited.gid);
-      chmodSync(tmp, finalMode);
+      giveMode(ctx, tmp, S_IFDIR | finalMode);
       setOpaque(ctx, tmp);
       // A directory cannot be renamed over a file: swap them, then drop the whiteout.
       renameat2(tmp, target, RENAME_EXCHANGE);
@@ -252,7 +270,7 @@ export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
     unlinkSync(tmp);
   } else {
     mkdirSync(target, { mode: 0o700 });
-    chmodSync(target, finalMode);
+    giveMode(ctx, target, S_IFDIR | finalMode);
     if (hasAufsWhiteout(ctx, dir, name)) {
       setOpaque(ctx, target);
       dropAufsWhiteout(ctx, dir, name);
@@ -411,13 +429,16 @@ export async function truncate(ctx: WriteContext, node: OvlNode, size: number): 
 
 export async function chmod(ctx: WriteContext, node: OvlNode, mode: number): Promise<void> {
   await copyUp(ctx, node);
-  chmodSync(node.realPath, mode & 0o7777);
+  const perms = mode & 0o7777;
+  if (changeOverride(ctx, node.realPath, (c) => ({ ...c, mode: (c.mode & S_IFMT) | perms }))) return;
+  chmodSync(node.realPath, perms);
 }
 
 export async function chown(ctx: WriteContext, node: OvlNode, uid: number, gid: number): Promise<void> {
   await copyUp(ctx, node);
   // (uid_t)-1 leaves that id as it is.
-  lchownSync(node.realPath, uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid);
+  if (changeOverride(ctx, node.realPath, (c) => ({ ...c, uid: uid === NO_ID ? c.uid : uid, gid: gid === NO_ID ? c.gid : gid }))) return;
+  lchownSync(node.realPath, uid === NO_ID ? -1 : uid, gid === NO_ID ? -1 : gid);
 }
 
 export async function utimens(ctx: WriteContext, node: OvlNode, atime: TimeChange, mtime: TimeChange): Promise<void> {
