@@ -357,6 +357,17 @@ describe('mounting from the command line', { ...requires('root', 'fuse'), timeou
     }
   });
 
+  test('14. ro with an upper: the upper is part of the view, read-only', async () => {
+    const [mnt, upper, work] = mkdirs(root, 'mnt14', 'upper14', 'work14');
+    writeFileSync(join(upper, 'up.txt'), 'from the upper\n');
+    const before = listing(upper);
+    await mountReadUnmount(['-o', `lowerdir=${lower},upperdir=${upper},workdir=${work},ro`, mnt], mnt, { rel: 'up.txt', data: 'from the upper\n' }, () => {
+      assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'hello from the lower\n');
+      assert.throws(() => writeFileSync(join(mnt, 'new'), 'x'), /EROFS/);
+    });
+    assert.deepEqual(listing(upper), before, 'the upper is unchanged');
+  });
+
   // Beyond the listed cases: fuse-overlayfs 1.10 run as root accepts allow_root and mounts;
   // libfuse refuses allow_root beside the allow_other we add for root, so we must not add it.
   test('12. allow_root, accepted by fuse-overlayfs as root, mounts', async () => {

@@ -104,7 +104,9 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
   if (!writable) fuseOptions.push('ro');
   fuseOptions.push(...cacheOptions(writable, o.timeout === undefined ? undefined : cacheSeconds(o.timeout)));
   return {
-    lowers,
+    // With ro the upper is still part of the view (as with fuse-overlayfs and the kernel),
+    // only never written: the top read-only layer.
+    lowers: upper !== undefined && !writable ? [upper, ...lowers] : lowers,
     upper: writable ? upper : undefined,
     work: writable ? work : undefined,
     mountpoint,
