@@ -468,7 +468,7 @@ describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires
 
   test('a name made where .wh.NAME stands takes its place: create, mkdir, symlink, mknod, link, rename', async () => {
     const old = { kind: 'file', data: 'old' } as const;
-    const f = await fixture([{ c: old, 'd/x': old, s: old, n: old, l: old, r: old, src: { kind: 'file', data: 's' } }], 'aufs');
+    const f = await fixture([{ c: old, 'd/x': old, s: old, n: old, l: old, r: old, src: { kind: 'file', data: 's' } }], { whiteoutStyle: 'aufs' });
     await f.ov.unlink('/d/x');
     await f.ov.rmdir('/d');
     for (const n of ['c', 's', 'n', 'l', 'r']) await f.ov.unlink(`/${n}`);
