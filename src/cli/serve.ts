@@ -10,6 +10,7 @@ import { fuseOperations } from '../fuse/adapter';
 import { NativeFuse } from '../fuse/native';
 import { log } from '../log';
 import { Overlay } from '../overlay/overlay';
+import { callerLibraryError, wrappedMounts } from '../sys/caller';
 import { MNT_DETACH, umount2 } from '../sys/libc';
 import type { MountConfig } from './config';
 import { readMountTable } from './mount-table';
@@ -25,6 +26,9 @@ export interface Served {
 }
 
 export async function serve(config: MountConfig): Promise<Served> {
+  // Without the caller library, entries made by other users would silently be root's.
+  const libraryError = callerLibraryError();
+  if (libraryError !== null) throw new Error(`cannot mount on ${config.mountpoint}: ${libraryError} (run npm run build)`);
   const overlay = await Overlay.open({
     lowers: config.lowers,
     upper: config.upper,
@@ -37,6 +41,7 @@ export async function serve(config: MountConfig): Promise<Served> {
     noxattrs: config.noxattrs,
     xattrPermissions: config.xattrPermissions,
   });
+  const wrappedBefore = wrappedMounts();
   const fuse = new NativeFuse(config.mountpoint, fuseOperations(overlay), config.fuseOptions, {
     // fuse-native would answer ETIMEDOUT after 15 s; a large copy-up or read may take longer.
     timeout: false,
@@ -51,6 +56,10 @@ export async function serve(config: MountConfig): Promise<Served> {
     // free, so a mount of ours there now is that one.
     if (await isMounted(config.mountpoint)) await unmount(config.mountpoint);
     throw err;
+  }
+  if (wrappedMounts() === wrappedBefore) {
+    await unmount(config.mountpoint);
+    throw new Error(`cannot mount on ${config.mountpoint}: fuse-native did not take the caller library's fuse_new, so new entries would not get their creator's owner`);
   }
   const entryTimeout = Number(config.fuseOptions.find((o) => o.startsWith('entry_timeout='))?.split('=')[1]);
   if (!fuse.enableUtimeOmit(entryTimeout)) {

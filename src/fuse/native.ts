@@ -13,6 +13,8 @@
  * whose C glue hands JS the access time twice and never the modification time.
  * The overridden methods are those of fuse-native 2.2.6, pinned exactly in package.json.
  */
+// Before fuse-native: its addon must bind to the library's fuse_new (src/sys/caller.ts).
+import '../sys/caller';
 import Fuse, { type FuseOptions, type Operations } from 'fuse-native';
 import { peek, poke } from '../sys/libc';
 
