@@ -2,7 +2,7 @@
  * The overlay filesystem's operations on overlay paths, independent of FUSE: each returns
  * plain data or throws an error carrying an errno (OvlError or Node's own).
  */
-import { closeSync, constants as fsc, lstatSync, openSync, readlinkSync, rmSync, promises as fsp } from 'node:fs';
+import { closeSync, constants as fsc, lstatSync, openSync, readFileSync, readlinkSync, rmSync, promises as fsp } from 'node:fs';
 import { read as fsRead, close as fsClose, write as fsWrite, fsync as fsFsync, fdatasync as fsFdatasync, ftruncate as fsFtruncate } from 'node:fs';
 import { errorFor } from '../errors';
 import { lgetxattr, llistxattr } from '../sys/libc';
@@ -42,6 +42,18 @@ export interface OverlayConfig {
   readonly noxattrs?: boolean;
   /** Owners and modes of new upper attributes kept in xattrs: 1 security.*, 2 user.* (xattr_permissions). */
   readonly xattrPermissions?: XattrPermissions;
+  /**
+   * Give new entries the owner passed to create/mknod/mkdir/symlink. Default: when this
+   * process may chown (uid 0 with CAP_CHOWN, in the initial user namespace or its own).
+   */
+  readonly setOwners?: boolean;
+}
+
+/** Whether this process may give files away: euid 0 with CAP_CHOWN in its effective set. */
+function mayChown(): boolean {
+  if (process.geteuid?.() !== 0) return false;
+  const capEff = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return capEff === null || (BigInt(`0x${capEff[1]}`) & 1n) === 1n;
 }
 
 const ACL_XATTRS = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
@@ -142,6 +154,7 @@ export class Overlay {
           whiteoutStyle: config.whiteoutStyle ?? writes.probeWhiteoutStyle(work.temp()),
           opaqueStyle: config.opaqueStyle ?? writes.probeOpaqueStyle(work.temp(), xattrNamespace),
           overrides,
+          setOwners: config.setOwners ?? mayChown(),
         };
       }
       return new Overlay(config, layers, tree, overrides, ctx);
@@ -250,28 +263,41 @@ export class Overlay {
   /** The lower-layer entries of open descriptors, to forget them at release. */
   private readonly lowerFdNodes = new Map<number, OvlNode>();
 
-  async create(path: string, mode: number): Promise<number> {
-    const ctx = this.ctx;
-    const [dir, name] = await this.freeName(path);
-    return writes.create(ctx, dir, name, mode);
+  /**
+   * The stored owner of an entry made by a caller with these ids (as seen through the mount):
+   * mapped back through uidmapping/gidmapping, as chown's are.
+   */
+  storedOwner(uid: number, gid: number): writes.Owner {
+    return { uid: this.ids.storedUid(uid), gid: this.ids.storedGid(gid) };
   }
 
-  async mknod(path: string, mode: number, rdev: number): Promise<void> {
+  /**
+   * create, mknod, mkdir and symlink give the new entry `owner` (stored ids; see storedOwner),
+   * or the gid of a set-group-ID parent, where this process may chown; without an owner the
+   * entry is this process's.
+   */
+  async create(path: string, mode: number, owner?: writes.Owner): Promise<number> {
     const ctx = this.ctx;
     const [dir, name] = await this.freeName(path);
-    writes.mknodAt(ctx, dir, name, mode, rdev);
+    return writes.create(ctx, dir, name, mode, owner);
   }
 
-  async mkdir(path: string, mode: number): Promise<void> {
+  async mknod(path: string, mode: number, rdev: number, owner?: writes.Owner): Promise<void> {
     const ctx = this.ctx;
     const [dir, name] = await this.freeName(path);
-    writes.mkdirAt(ctx, dir, name, mode);
+    writes.mknodAt(ctx, dir, name, mode, rdev, owner);
   }
 
-  async symlink(target: string, path: string): Promise<void> {
+  async mkdir(path: string, mode: number, owner?: writes.Owner): Promise<void> {
     const ctx = this.ctx;
     const [dir, name] = await this.freeName(path);
-    writes.symlinkAt(ctx, dir, name, target);
+    writes.mkdirAt(ctx, dir, name, mode, owner);
+  }
+
+  async symlink(target: string, path: string, owner?: writes.Owner): Promise<void> {
+    const ctx = this.ctx;
+    const [dir, name] = await this.freeName(path);
+    writes.symlinkAt(ctx, dir, name, target, owner);
   }
 
   async link(from: string, to: string): Promise<void> {

@@ -7,12 +7,12 @@
  * to every other request this process serves; only copying file data waits.
  */
 import {
-  chmodSync, constants as fsc, fchownSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
+  chmodSync, closeSync, constants as fsc, fchownSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
   existsSync, readdirSync, rmdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { errorFor, hasCode } from '../errors';
-import { UTIME_NOW, UTIME_OMIT, type Timespec, lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
+import { UTIME_NOW, UTIME_OMIT, type Timespec, lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
 import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
 import { isPrivateXattr, isWhiteoutName, isWhiteoutStat, OPAQUE_WHITEOUT, WHITEOUT_PREFIX } from './format';
 import { layerPath } from './layer';
@@ -33,6 +33,8 @@ export interface WriteContext extends UpperContext {
    * filesystem refuses that xattr, a `.wh..wh..opq` file inside, as fuse-overlayfs falls back.
    */
   readonly opaqueStyle: OpaqueStyle;
+  /** New entries are given their creator's ids (the server may chown: root, here or in its user namespace). */
+  readonly setOwners: boolean;
 }
 
 export type OpaqueStyle = 'xattr' | 'file';
@@ -163,78 +165,109 @@ function noteUpper(dir: OvlNode, name: string, kind: 'dir' | 'other' | 'whiteout
   else if (kind === 'whiteout') listing.whiteouts.add(name);
 }
 
+/** Who a new entry belongs to, in stored ids (the caller's, mapped back through the id mapping). */
+export interface Owner {
+  readonly uid: number;
+  readonly gid: number;
+}
+
 /**
- * Makes a new non-directory NAME in DIR's upper layer with `make`: in place, or, where a
- * whiteout stands, built in the work directory and renamed over the whiteout in one step.
+ * The ids to give a new entry, and where to build it. Made in place, an entry takes the
+ * server's uid, and its gid, or the directory's in a set-group-ID directory (and a directory
+ * its S_ISGID). An entry built in the work directory and renamed in (over a whiteout, or to
+ * be given its owner before anyone sees it, as the kernel's is born with the caller's ids)
+ * must be given those: `uid`/`gid` are what to chown it to (-1: leave).
  */
-/**
- * The group a new entry takes when it is built in the work directory: in a set-group-ID
- * directory, entries made in place take the directory's group (and directories its S_ISGID);
- * built elsewhere and renamed in, they must be given it.
- */
-interface Inherited {
-  readonly gid?: number;
+interface Placement {
+  readonly elsewhere: boolean;
+  readonly uid: number;
+  readonly gid: number;
   readonly setgid: boolean;
 }
 
-function inheritedFrom(parentPath: string, builtElsewhere: boolean): Inherited {
+function placementIn(ctx: WriteContext, parentPath: string, overWhiteout: boolean, owner: Owner | undefined): Placement {
   const st = lstatSync(parentPath);
   const setgid = (st.mode & S_ISGID) !== 0;
-  return { gid: setgid && builtElsewhere ? st.gid : undefined, setgid };
+  if (!owner || !ctx.setOwners) {
+    return { elsewhere: overWhiteout, uid: -1, gid: setgid && overWhiteout ? st.gid : -1, setgid };
+  }
+  const gid = setgid ? st.gid : owner.gid;
+  const elsewhere = overWhiteout || owner.uid !== process.geteuid!() || gid !== (setgid ? st.gid : process.getegid!());
+  return { elsewhere, uid: elsewhere ? owner.uid : -1, gid: elsewhere ? gid : -1, setgid };
+}
+
+/** Puts an entry built at `tmp` in the work directory at `target` (over a whiteout, or where nothing is). */
+function moveIn(tmp: string, target: string, overWhiteout: boolean, isDir: boolean): void {
+  if (overWhiteout && isDir) {
+    // A directory cannot be renamed over a file: swap them, then drop the whiteout.
+    renameat2(tmp, target, RENAME_EXCHANGE);
+    unlinkSync(tmp);
+  } else {
+    renameat2(tmp, target, overWhiteout ? 0 : RENAME_NOREPLACE);
+  }
 }
 
 /**
- * Makes a new non-directory NAME in DIR's upper layer with `make`: in place, or, where a
- * whiteout stands, built in the work directory and renamed over the whiteout in one step.
+ * Makes a new non-directory NAME in DIR's upper layer with `make(path, uid, gid)`, which
+ * chowns what it made to uid/gid (-1: leave): in place, or built in the work directory and
+ * renamed into place in one step (over a whiteout, or to be given its owner first).
  */
-function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, make: (path: string, gid: number | undefined) => T): T {
+function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, owner: Owner | undefined, make: (path: string, uid: number, gid: number) => T): T {
   checkNewName(name);
   copyUpDirChain(ctx, dir);
   const target = upperPathOf(ctx, dir, name);
+  const overWhiteout = isWhiteoutAt(target);
+  const place = placementIn(ctx, upperPathOf(ctx, dir, ''), overWhiteout, owner);
   let result: T;
-  if (isWhiteoutAt(target)) {
+  if (place.elsewhere) {
     const tmp = ctx.work.temp();
-    result = make(tmp, inheritedFrom(upperPathOf(ctx, dir, ''), true).gid);
     try {
-      renameSync(tmp, target);
+      result = make(tmp, place.uid, place.gid);
+      moveIn(tmp, target, overWhiteout, false);
     } catch (err) {
       rmSync(tmp, { force: true });
       throw err;
     }
   } else {
-    result = make(target, undefined);
-    dropAufsWhiteout(ctx, dir, name);
+    result = make(target, -1, -1);
   }
+  if (!overWhiteout) dropAufsWhiteout(ctx, dir, name);
   noteUpper(dir, name, 'other');
   return result;
 }
 
 /** Creates and opens a regular file; returns the descriptor. */
-export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: number): number {
-  return placeNew(ctx, dir, name, (path, gid) => {
+export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: number, owner?: Owner): number {
+  return placeNew(ctx, dir, name, owner, (path, uid, gid) => {
     const fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
-    if (gid !== undefined) fchownSync(fd, -1, gid);
-    // The kernel already applied the caller's umask; ours must not apply again.
-    giveMode(ctx, path, S_IFREG | (mode & 0o7777));
+    try {
+      // Before the mode: a chown clears S_ISUID and S_ISGID.
+      if (uid !== -1 || gid !== -1) fchownSync(fd, uid, gid);
+      // The kernel already applied the caller's umask; ours must not apply again.
+      giveMode(ctx, path, S_IFREG | (mode & 0o7777));
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
     return fd;
   });
 }
 
-export function mknodAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number, rdev: number): void {
+export function mknodAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number, rdev: number, owner?: Owner): void {
   // A char 0/0 device is a whiteout to every layer reader: made through the mount, it would
   // hide lower entries once the upper is a lower layer. The kernel refuses it (ovl_mknod).
   if (isWhiteoutStat({ mode, rdev })) throw errorFor('EPERM', `${name}: a char 0/0 device is a whiteout`);
-  placeNew(ctx, dir, name, (path, gid) => {
+  placeNew(ctx, dir, name, owner, (path, uid, gid) => {
     mknod(path, (mode & S_IFMT) | 0o600, rdev);
-    if (gid !== undefined) lchownSync(path, -1, gid);
+    if (uid !== -1 || gid !== -1) lchownSync(path, uid, gid);
     giveMode(ctx, path, mode);
   });
 }
 
-export function symlinkAt(ctx: WriteContext, dir: OvlNode, name: string, target: string): void {
-  placeNew(ctx, dir, name, (path, gid) => {
+export function symlinkAt(ctx: WriteContext, dir: OvlNode, name: string, target: string, owner?: Owner): void {
+  placeNew(ctx, dir, name, owner, (path, uid, gid) => {
     symlinkSync(target, path);
-    if (gid !== undefined) lchownSync(path, -1, gid);
+    if (uid !== -1 || gid !== -1) lchownSync(path, uid, gid);
   });
 }
 
@@ -242,40 +275,38 @@ export async function linkAt(ctx: WriteContext, src: OvlNode, dir: OvlNode, name
   if (src.isDir) throw errorFor('EPERM', 'hard link to a directory');
   checkNewName(name);
   await copyUp(ctx, src);
-  placeNew(ctx, dir, name, (path) => linkSync(src.realPath, path));
+  // A new name of the same inode: nothing to own.
+  placeNew(ctx, dir, name, undefined, (path) => linkSync(src.realPath, path));
 }
 
 /** mkdir; where a whiteout stands the new directory is opaque, so what was deleted stays hidden. */
-export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number): void {
+export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number, owner?: Owner): void {
   checkNewName(name);
   copyUpDirChain(ctx, dir);
   const target = upperPathOf(ctx, dir, name);
   const overWhiteout = isWhiteoutAt(target);
-  const inherited = inheritedFrom(upperPathOf(ctx, dir, ''), overWhiteout);
+  const aufsWhiteout = !overWhiteout && hasAufsWhiteout(ctx, dir, name);
+  const place = placementIn(ctx, upperPathOf(ctx, dir, ''), overWhiteout, owner);
   // The VFS strips S_ISGID from the mode it passes; a set-group-ID parent gives it back.
-  const finalMode = (mode & 0o7777) | (inherited.setgid ? S_ISGID : 0);
-  if (overWhiteout) {
+  const finalMode = (mode & 0o7777) | (place.setgid ? S_ISGID : 0);
+  if (place.elsewhere) {
     const tmp = ctx.work.temp();
     mkdirSync(tmp, { mode: 0o700 });
     try {
-      if (inherited.gid !== undefined) lchownSync(tmp, -1, inherited.gid);
+      if (place.uid !== -1 || place.gid !== -1) lchownSync(tmp, place.uid, place.gid);
       giveMode(ctx, tmp, S_IFDIR | finalMode);
-      setOpaque(ctx, tmp);
-      // A directory cannot be renamed over a file: swap them, then drop the whiteout.
-      renameat2(tmp, target, RENAME_EXCHANGE);
+      if (overWhiteout || aufsWhiteout) setOpaque(ctx, tmp);
+      moveIn(tmp, target, overWhiteout, true);
     } catch (err) {
       rmSync(tmp, { recursive: true, force: true });
       throw err;
     }
-    unlinkSync(tmp);
   } else {
     mkdirSync(target, { mode: 0o700 });
     giveMode(ctx, target, S_IFDIR | finalMode);
-    if (hasAufsWhiteout(ctx, dir, name)) {
-      setOpaque(ctx, target);
-      dropAufsWhiteout(ctx, dir, name);
-    }
+    if (aufsWhiteout) setOpaque(ctx, target);
   }
+  if (aufsWhiteout) dropAufsWhiteout(ctx, dir, name);
   noteUpper(dir, name, 'dir');
 }
 

@@ -448,6 +448,91 @@ describe('namespace changes', requires('root'), () => {
   });
 });
 
+describe('owners of new entries', requires('root'), () => {
+  const owner = { uid: 1000, gid: 1001 };
+  const S_IFIFO = 0o010000;
+
+  function ids(path: string): string {
+    const st = lstatSync(path);
+    return `${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid}`;
+  }
+
+  async function makeAll(ov: Overlay, dir: string): Promise<void> {
+    closeSync(await ov.create(`${dir}/file`, 0o4755, owner));
+    await ov.mknod(`${dir}/fifo`, S_IFIFO | 0o640, 0, owner);
+    await ov.mkdir(`${dir}/dir`, 0o750, owner);
+    await ov.symlink('file', `${dir}/link`, owner);
+  }
+
+  test('create, mknod, mkdir and symlink give the entry the owner, keeping the mode (S_ISUID too)', async () => {
+    const f = await fixture([{ d: { kind: 'dir' } }]);
+    await makeAll(f.ov, '/d');
+    assert.equal(ids(join(f.upper, 'd/file')), '4755 1000:1001');
+    assert.equal(ids(join(f.upper, 'd/fifo')), '640 1000:1001');
+    assert.equal(ids(join(f.upper, 'd/dir')), '750 1000:1001');
+    assert.match(ids(join(f.upper, 'd/link')), / 1000:1001$/);
+    assert.equal((await f.ov.getattr('/d/file')).uid, 1000);
+    assert.deepEqual(readdirSync(join(f.work, 'work')), [], 'built in the work dir, nothing left there');
+  });
+
+  test('in a set-group-ID directory the group is the directory\'s, and a new directory is set-group-ID', async () => {
+    const f = await fixture([{ s: { kind: 'dir', mode: 0o2777, gid: 2000 } }]);
+    await makeAll(f.ov, '/s');
+    assert.equal(ids(join(f.upper, 's/file')), '4755 1000:2000');
+    assert.equal(ids(join(f.upper, 's/dir')), '2750 1000:2000');
+    assert.match(ids(join(f.upper, 's/link')), / 1000:2000$/);
+  });
+
+  test('over whiteouts: the owner, and the directory is opaque', async () => {
+    const f = await fixture([{ 'd/file': { kind: 'file' }, 'd/dir/x': { kind: 'file' }, 'd/fifo': { kind: 'file' }, 'd/link': { kind: 'file' } }]);
+    for (const n of ['file', 'fifo', 'link']) await f.ov.unlink(`/d/${n}`);
+    await f.ov.unlink('/d/dir/x');
+    await f.ov.rmdir('/d/dir');
+    await makeAll(f.ov, '/d');
+    assert.equal(ids(join(f.upper, 'd/file')), '4755 1000:1001');
+    assert.equal(ids(join(f.upper, 'd/dir')), '750 1000:1001');
+    assert.equal(opaque(join(f.upper, 'd/dir')), 'y');
+    assert.deepEqual(await names(f.ov, '/d/dir'), []);
+  });
+
+  test('AUFS-style whiteouts: the owner, and the directory made over one is opaque', async () => {
+    const f = await fixture([{ 'd/dir/x': { kind: 'file' } }], { whiteoutStyle: 'aufs' });
+    await f.ov.unlink('/d/dir/x');
+    await f.ov.rmdir('/d/dir');
+    await f.ov.mkdir('/d/dir', 0o755, owner);
+    assert.equal(ids(join(f.upper, 'd/dir')), '755 1000:1001');
+    assert.equal(opaque(join(f.upper, 'd/dir')), 'y');
+    assert.deepEqual(await names(f.ov, '/d/dir'), []);
+  });
+
+  test('an existing name is EEXIST, and nothing is left in the work dir', async () => {
+    const f = await fixture([{ d: { kind: 'dir' }, f: { kind: 'file' } }]);
+    assert.equal(await errno(f.ov.mkdir('/d', 0o755, owner)), Errno.EEXIST);
+    assert.equal(await errno(f.ov.create('/f', 0o644, owner)), Errno.EEXIST);
+    assert.deepEqual(readdirSync(join(f.work, 'work')), []);
+  });
+
+  test('without the right to chown (setOwners false), or without an owner, entries are the server\'s', async () => {
+    const f = await fixture([{ d: { kind: 'dir' } }], { setOwners: false });
+    await makeAll(f.ov, '/d');
+    assert.equal(ids(join(f.upper, 'd/file')), '4755 0:0');
+    assert.equal(ids(join(f.upper, 'd/dir')), '750 0:0');
+    const g = await fixture([{ d: { kind: 'dir' } }]);
+    await g.ov.mkdir('/d/dir', 0o755);
+    assert.equal(ids(join(g.upper, 'd/dir')), '755 0:0');
+  });
+
+  test('storedOwner maps the caller\'s ids back through uidmapping/gidmapping', async () => {
+    const f = await fixture([{}], {
+      idmap: { uidRanges: [{ inside: 0, outside: 100000, count: 65536 }], gidRanges: [{ inside: 0, outside: 200000, count: 65536 }] },
+    });
+    assert.deepEqual(f.ov.storedOwner(101000, 200005), { uid: 1000, gid: 5 });
+    assert.deepEqual(f.ov.storedOwner(5, 5), { uid: 65534, gid: 65534 });
+    await f.ov.mkdir('/d', 0o755, f.ov.storedOwner(101000, 200005));
+    assert.equal(ids(join(f.upper, 'd')), '755 1000:5');
+    assert.deepEqual([(await f.ov.getattr('/d')).uid, (await f.ov.getattr('/d')).gid], [101000, 200005]);
+  });
+});
 
 describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires('root'), () => {
   test('unlink, rmdir and rename leave .wh.NAME files that hide the lower names', async () => {
