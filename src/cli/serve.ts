@@ -10,7 +10,7 @@ import { fuseOperations } from '../fuse/adapter';
 import { NativeFuse } from '../fuse/native';
 import { log } from '../log';
 import { Overlay } from '../overlay/overlay';
-import { callerLibraryError, wrappedMounts } from '../sys/caller';
+import { callerLibraryError, currentCaller, wrappedMounts } from '../sys/caller';
 import { MNT_DETACH, umount2 } from '../sys/libc';
 import type { MountConfig } from './config';
 import { readMountTable } from './mount-table';
@@ -42,7 +42,7 @@ export async function serve(config: MountConfig): Promise<Served> {
     xattrPermissions: config.xattrPermissions,
   });
   const wrappedBefore = wrappedMounts();
-  const fuse = new NativeFuse(config.mountpoint, fuseOperations(overlay), config.fuseOptions, {
+  const fuse = new NativeFuse(config.mountpoint, fuseOperations(overlay, currentCaller), config.fuseOptions, {
     // fuse-native would answer ETIMEDOUT after 15 s; a large copy-up or read may take longer.
     timeout: false,
   });

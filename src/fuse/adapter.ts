@@ -6,6 +6,10 @@ import type { Operations } from 'fuse-native';
 import { errnoOf, isKnownErrno } from '../errors';
 import { log } from '../log';
 import type { Overlay, OvlStat, TimeChange } from '../overlay/overlay';
+import type { Owner } from '../overlay/writes';
+
+/** The ids (as the kernel passed them) of the process whose request is being served, if known. */
+export type CallerOf = () => { uid: number; gid: number } | null;
 
 type Done<T> = (err: number, result?: T) => void;
 
@@ -63,10 +67,18 @@ function answer<T>(op: string, path: string, work: () => Promise<T>, done: Done<
   );
 }
 
-export function fuseOperations(overlay: Overlay): Operations & {
+/**
+ * `callerOf` tells who makes an entry (create, mknod, mkdir, symlink); it must be asked
+ * synchronously, while libfuse holds that request's caller (src/sys/caller.ts).
+ */
+export function fuseOperations(overlay: Overlay, callerOf: CallerOf = () => null): Operations & {
   getxattr(path: string, name: string, position: number, cb: (err: number, value?: Buffer) => void): void;
   listxattr(path: string, cb: (err: number, names?: string[]) => void): void;
 } {
+  const owner = (): Owner | undefined => {
+    const caller = callerOf();
+    return caller ? overlay.storedOwner(caller.uid, caller.gid) : undefined;
+  };
   return {
     getattr(path, cb) {
       answer('getattr', path, async () => toFuseStat(await overlay.getattr(path)), cb);
@@ -117,16 +129,20 @@ export function fuseOperations(overlay: Overlay): Operations & {
       answer('listxattr', path, () => overlay.listxattr(path), cb);
     },
     create(path: string, mode: number, cb: Done<number>) {
-      answer('create', path, () => overlay.create(path, mode), cb);
+      const by = owner();
+      answer('create', path, () => overlay.create(path, mode, by), cb);
     },
     mknod(path: string, mode: number, dev: number, cb: Done<void>) {
-      answer('mknod', path, () => overlay.mknod(path, mode, dev), cb);
+      const by = owner();
+      answer('mknod', path, () => overlay.mknod(path, mode, dev, by), cb);
     },
     mkdir(path: string, mode: number, cb: Done<void>) {
-      answer('mkdir', path, () => overlay.mkdir(path, mode), cb);
+      const by = owner();
+      answer('mkdir', path, () => overlay.mkdir(path, mode, by), cb);
     },
     symlink(target: string, path: string, cb: Done<void>) {
-      answer('symlink', path, () => overlay.symlink(target, path), cb);
+      const by = owner();
+      answer('symlink', path, () => overlay.symlink(target, path, by), cb);
     },
     link(from: string, to: string, cb: Done<void>) {
       answer('link', `${from} -> ${to}`, () => overlay.link(from, to), cb);

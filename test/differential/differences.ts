@@ -46,12 +46,6 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'chown never leaves both ids unchanged',
   },
   {
-    name: 'creator-owner',
-    kind: 'deliberate',
-    why: 'entries created through ts-overlayfs belong to the server\'s user, not the caller (README limits)',
-    handling: 'operations run as root and the server runs as root: the same owner either way',
-  },
-  {
     name: 'open-unlinked-links',
     kind: 'deliberate',
     why: 'a file unlinked (or renamed over) while open waits in the workdir until its last close (libfuse 2 renames it to .fuse_hidden*; README), so its other hard links show one link more until then',

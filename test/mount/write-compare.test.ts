@@ -242,3 +242,109 @@ describe('a sequence of changes gives the kernel\'s results, view and upper laye
     });
   }
 });
+
+/** Runs a shell command as uid/gid 1000 (no supplementary groups), as a container's service user would. */
+function asUser(uid: number, gid: number, script: string): void {
+  const r = spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', 'sh', '-euc', script], { encoding: 'utf8', timeout: 10000 });
+  if (r.status !== 0) throw new Error(`as ${uid}:${gid}: ${script}: ${r.stderr}`);
+}
+
+/** What a new entry's owner is compared by: type, mode, uid, gid. */
+function owned(path: string): string {
+  const st = lstatSync(path);
+  const type = isWhiteoutStat(st) ? 'whiteout' : st.isDirectory() ? 'dir' : st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : 'special';
+  return `${type} ${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid}`;
+}
+
+describe('entries made by another user belong to that user, as on the kernel', requires('root', 'fuse', 'kernel-overlay'), () => {
+  let dir: string;
+  const live: Mounted[] = [];
+  const made = ['file', 'dir', 'link', 'fifo', 'dir/inner'];
+  const places = ['shared', 'sgid', 'shared/reborn-dir'];
+  /** Every entry made, relative to the mount root; `old` and `old-dir` replace whiteouts. */
+  const paths = [...places.flatMap((p) => made.map((m) => `${p}/${m}`)), 'shared/old', 'shared/old-dir', 'shared/old-dir/inner'];
+
+  const script = (m: string) => [
+    ...places.map((p) => `cd ${m}/${p}; echo data > file; mkdir dir; ln -s file link; mkfifo fifo; echo x > dir/inner`),
+    `cd ${m}/shared; echo again > old; mkdir old-dir; touch old-dir/inner`,
+  ].join('\n');
+
+  before(() => {
+    dir = tempDir('owner');
+    chmodSync(dir, 0o755);
+    buildLayer(join(dir, 'lower'), {
+      shared: { kind: 'dir' },
+      'shared/old': { kind: 'file', data: 'lower' },
+      'shared/old-dir': { kind: 'dir' },
+      'shared/old-dir/below': { kind: 'file', data: 'lower' },
+      'shared/reborn-dir': { kind: 'dir' },
+      'shared/reborn-dir/below': { kind: 'file', data: 'lower' },
+      sgid: { kind: 'dir' },
+    });
+    // World-writable (sticky, as /tmp) and a set-group-ID directory of group 2000.
+    chmodSync(join(dir, 'lower/shared'), 0o1777);
+    chmodSync(join(dir, 'lower/shared/reborn-dir'), 0o777);
+    chownSync(join(dir, 'lower/sgid'), 0, 2000);
+    chmodSync(join(dir, 'lower/sgid'), 0o2777);
+  });
+
+  after(async () => {
+    for (const m of live) await m.unmount();
+    if (dir) removeDir(dir);
+  });
+
+  async function run(side: 'kernel' | 'ts', extra: string[] = []): Promise<{ view: Record<string, string>; upper: Record<string, string> }> {
+    const d = { lowers: [join(dir, 'lower')], upper: join(dir, `${side}-upper`), work: join(dir, `${side}-work`) };
+    const mnt = join(dir, `${side}-mnt`);
+    for (const p of [d.upper, d.work, mnt]) mkdirSync(p, { mode: 0o755 });
+    const m = side === 'kernel' ? await mountKernel(d, mnt) : await mountTs(d, mnt, extra);
+    live.push(m);
+    try {
+      // As root: whiteouts for the user to create over (a lower file, a lower dir with content).
+      rmSync(join(mnt, 'shared/old'));
+      rmSync(join(mnt, 'shared/old-dir'), { recursive: true });
+      rmSync(join(mnt, 'shared/reborn-dir/below'));
+      asUser(1000, 1000, script(mnt));
+      const view = Object.fromEntries(paths.map((p) => [p, owned(join(mnt, p))]));
+      await m.unmount();
+      live.splice(live.indexOf(m), 1);
+      const upper = Object.fromEntries(paths.map((p) => [p, owned(join(d.upper, p))]));
+      return { view, upper };
+    } finally {
+      if (live.includes(m)) {
+        await m.unmount();
+        live.splice(live.indexOf(m), 1);
+      }
+    }
+  }
+
+  test('through the mount and in the upper layer', async () => {
+    const kernel = await run('kernel');
+    const ts = await run('ts');
+    assert.deepEqual(ts.view, kernel.view);
+    assert.deepEqual(ts.upper, kernel.upper);
+    // The kernel's answer is the one expected: the caller's ids, the group of a set-group-ID parent.
+    assert.match(kernel.view['shared/file'], / 1000:1000$/);
+    assert.match(kernel.view['sgid/dir'], /^dir 2755 1000:2000$/);
+    assert.match(kernel.view['sgid/dir/inner'], / 1000:2000$/);
+  });
+
+  test('with uidmapping/gidmapping, the caller\'s ids are stored mapped back', async () => {
+    const d = { lowers: [join(dir, 'lower')], upper: join(dir, 'mapped-upper'), work: join(dir, 'mapped-work') };
+    const mnt = join(dir, 'mapped-mnt');
+    for (const p of [d.upper, d.work, mnt]) mkdirSync(p, { mode: 0o755 });
+    const m = await mountTs(d, mnt, ['uidmapping=0:100000:65536', 'gidmapping=0:100000:65536']);
+    live.push(m);
+    try {
+      // Stored 0 (root) is shown as 100000: the lower's directories are 100000's, so make one world-writable.
+      asUser(101000, 101000, `cd ${mnt}/shared; echo data > file; mkdir dir; ln -s file link; mkfifo fifo`);
+      for (const p of ['file', 'dir', 'link', 'fifo']) {
+        assert.match(owned(join(mnt, 'shared', p)), / 101000:101000$/, p);
+        assert.match(owned(join(d.upper, 'shared', p)), / 1000:1000$/, p);
+      }
+    } finally {
+      await m.unmount();
+      live.splice(live.indexOf(m), 1);
+    }
+  });
+});
