@@ -11,7 +11,7 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { requires } from '../helpers/env';
-import { buildLayer, removeDir, tempDir } from '../helpers/layers';
+import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
 import { isMounted, KERNEL_PINNED_OPTIONS } from '../helpers/mounts';
 import { daemonsFor, eventually } from '../helpers/processes';
 import { asNobody, asNobodyInNamespaces, copyProgramForNobody, NOBODY, openDevFuse } from '../helpers/rootless';
@@ -35,6 +35,15 @@ function sectionsOf(stdout: string): Record<string, string> {
     }),
   );
 }
+
+/** What the scenario's steps work on, in the top lower layer. */
+const SCENARIO_LOWER: Tree = {
+  'lower-file': { kind: 'file', data: 'lower\n' },
+  'lower-gone': { kind: 'file', data: 'gone' },
+  'lower-dir/inside': { kind: 'file', data: 'in' },
+  'lower-moved': { kind: 'file', data: 'moved' },
+  'merged/from-lower': { kind: 'file', data: 'l' },
+};
 
 /** The scenario, the same on both mounts; prints the merged view, then the upper layer. */
 const SCENARIO = `
@@ -72,11 +81,7 @@ describe('rootless mounting (unshare -Urm as an unprivileged user)', requires('r
     chmodSync(dir, 0o755);
     restoreFuse = openDevFuse();
     buildLayer(join(dir, 'lower'), {
-      'lower-file': { kind: 'file', data: 'lower\n' },
-      'lower-gone': { kind: 'file', data: 'gone' },
-      'lower-dir/inside': { kind: 'file', data: 'in' },
-      'lower-moved': { kind: 'file', data: 'moved' },
-      'merged/from-lower': { kind: 'file', data: 'l' },
+      ...SCENARIO_LOWER,
       'opaque-in-lower': { kind: 'dir', opaque: 'user' },
       'opaque-in-lower/visible': { kind: 'file' },
     });
@@ -153,13 +158,7 @@ describe('rootless mounting without a namespace (setuid fusermount3), daemonized
     dir = tempDir('rootless-plain');
     chmodSync(dir, 0o755);
     restoreFuse = openDevFuse();
-    buildLayer(join(dir, 'lower'), {
-      'lower-file': { kind: 'file', data: 'lower\n' },
-      'lower-gone': { kind: 'file', data: 'gone' },
-      'lower-dir/inside': { kind: 'file', data: 'in' },
-      'lower-moved': { kind: 'file', data: 'moved' },
-      'merged/from-lower': { kind: 'file', data: 'l' },
-    });
+    buildLayer(join(dir, 'lower'), SCENARIO_LOWER);
     copyProgramForNobody(dir);
     const own = ['ts-upper', 'ts-work', 'ts-mnt', 'fo-upper', 'fo-work', 'fo-mnt'];
     for (const d of own) buildLayer(join(dir, d), {});
