@@ -12,6 +12,7 @@ import { log } from '../log';
 import { copyFileRange, dup2, lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
 import { isPrivateXattr } from './format';
 import { layerPath, type Layer } from './layer';
+import type { IdMap } from './idmap';
 import type { StatOverrides } from './stat-override';
 import type { OverlayTree, OvlNode } from './tree';
 import type { Workdir } from './workdir';
@@ -24,6 +25,8 @@ export interface UpperContext {
   readonly fsync: boolean;
   /** Owners and modes kept in xattrs (xattr_permissions, containers/storage layers). */
   readonly overrides: StatOverrides;
+  /** uidmapping/gidmapping: a copy from a lower on an id-mapped mount stores its ids mapped back. */
+  readonly ids: IdMap;
 }
 
 const S_IFMT = 0o170000;
@@ -194,10 +197,15 @@ function timespec(ns: bigint): Timespec {
  * included), then xattrs (but the overlay's own), then times, which every other change touches.
  * Owner and mode are the ones shown: a lower layer's override is applied for real, or
  * recorded in the upper's own override (xattr_permissions), as fuse-overlayfs copies up.
+ * Ids read through an id-mapped mount are shown ones: the copy gets them mapped back.
  */
 function copyAttributes(ctx: UpperContext, layer: Layer, src: string, dst: string, st: BigIntStats): void {
-  const isLink = (Number(st.mode) & S_IFMT) === S_IFLNK;
-  const attrs = ctx.overrides.stored(layer, src, { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) });
+  const mode = Number(st.mode);
+  const isLink = (mode & S_IFMT) === S_IFLNK;
+  const uid = Number(st.uid);
+  const gid = Number(st.gid);
+  const attrs = ctx.overrides.override(layer, src, mode)
+    ?? (layer.idmapped ? { uid: ctx.ids.storedUid(uid), gid: ctx.ids.storedGid(gid), mode } : { uid, gid, mode });
   if (!ctx.overrides.record(dst, attrs)) {
     lchownSync(dst, attrs.uid, attrs.gid);
     if (!isLink) chmodSync(dst, attrs.mode & 0o7777);

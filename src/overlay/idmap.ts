@@ -4,6 +4,11 @@
  * A range INSIDE:OUTSIDE:COUNT shows stored id INSIDE+k as OUTSIDE+k; rootful podman with
  * `--uidmap 0:100000:65536` passes `uidmapping=0:100000:65536`, so the container's root
  * (host uid 100000) owns the image's root-owned files without chown-ing the layers.
+ *
+ * Podman 4.3 also passes its lowers as id-mapped mounts with that same mapping: ids read
+ * through them are in the shown form already. Those are shown as they are (squash still
+ * applies), and mapped back where they are stored (copy-up), so the upper layer keeps the
+ * unshifted ids podman's diff and commit expect.
  */
 import { errorFor } from '../errors';
 
@@ -56,12 +61,13 @@ export class IdMap {
     return !o.uidRanges?.length && !o.gidRanges?.length && o.squashUid === undefined && o.squashGid === undefined;
   }
 
-  shownUid(uid: number): number {
-    return this.opts.squashUid ?? shown(uid, this.opts.uidRanges);
+  /** The uid shown for a stored one, or for one `alreadyShown` (read through an id-mapped mount). */
+  shownUid(uid: number, alreadyShown = false): number {
+    return this.opts.squashUid ?? (alreadyShown ? uid : shown(uid, this.opts.uidRanges));
   }
 
-  shownGid(gid: number): number {
-    return this.opts.squashGid ?? shown(gid, this.opts.gidRanges);
+  shownGid(gid: number, alreadyShown = false): number {
+    return this.opts.squashGid ?? (alreadyShown ? gid : shown(gid, this.opts.gidRanges));
   }
 
   storedUid(uid: number): number {

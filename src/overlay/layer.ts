@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, openSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { errorFor } from '../errors';
 
 /** One real directory of the overlay. Index 0 is the top; the upper, if any, is index 0. */
@@ -12,6 +12,12 @@ export interface Layer {
   readonly dev: number;
   /** The descriptor holding the layer directory. */
   readonly fd: number;
+  /**
+   * A lower layer reached through an id-mapped mount: the ids read from it are the ones the
+   * overlay shows already (rootful podman 4.3 with --uidmap passes such lowers, and
+   * uidmapping= with the same mapping besides). Always false for the upper.
+   */
+  readonly idmapped: boolean;
 }
 
 /**
@@ -25,20 +31,59 @@ export function layerPath(layer: Layer, rel: string): string {
 /** O_PATH | O_DIRECTORY: a handle on the directory itself, needing no read permission. */
 const O_PATH_DIRECTORY = 0o10000000 | 0o200000;
 
+/** The mount id of the mount a descriptor is on (fdinfo's `mnt_id:`, Linux >= 3.15), or null. */
+function mountIdOf(fd: number): number | null {
+  try {
+    const m = /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The ids of the id-mapped mounts of this mount namespace: mountinfo lists `idmapped` among
+ * a mount's own options (field 6; Linux >= 5.12, which brought id-mapped mounts).
+ */
+function idmappedMountIds(): Set<number> {
+  const ids = new Set<number>();
+  let text: string;
+  try {
+    text = readFileSync('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return ids;
+  }
+  for (const line of text.split('\n')) {
+    const fields = line.split(' ');
+    if (fields.length > 5 && fields[5].split(',').includes('idmapped')) ids.add(Number(fields[0]));
+  }
+  return ids;
+}
+
 /**
  * Opens the layer stack: upper first (if any), then lowers top to bottom. Each layer is held
  * by a descriptor and reached through /proc/self/fd/N from then on, never by its name again:
  * podman hands over id-mapped mounts of the lower layers and detaches them as soon as the
  * mount program returns, so the names would lead to empty directories (fuse-overlayfs holds
- * its layers open the same way).
+ * its layers open the same way). Whether each lower is on an id-mapped mount is found out
+ * here, while the mount is still attached (a detached mount is in no mountinfo), unless
+ * `idmappedLowers` (top first) says so (tests).
  */
-export function openLayers(lowers: readonly string[], upper?: string): Layer[] {
+export function openLayers(lowers: readonly string[], upper?: string, idmappedLowers?: readonly boolean[]): Layer[] {
   const sources = upper === undefined ? [...lowers] : [upper, ...lowers];
+  const first = upper === undefined ? 0 : 1;
   const layers: Layer[] = [];
+  let idmappedMounts: Set<number> | undefined;
+  const onIdmappedMount = (fd: number): boolean => {
+    const id = mountIdOf(fd);
+    return id !== null && (idmappedMounts ??= idmappedMountIds()).has(id);
+  };
   try {
     for (const [index, source] of sources.entries()) {
       const fd = openSync(source, O_PATH_DIRECTORY);
-      layers.push({ index, root: `/proc/self/fd/${fd}`, source, upper: upper !== undefined && index === 0, dev: fstatSync(fd).dev, fd });
+      const isUpper = upper !== undefined && index === 0;
+      const idmapped = !isUpper && (idmappedLowers ? idmappedLowers[index - first] === true : onIdmappedMount(fd));
+      layers.push({ index, root: `/proc/self/fd/${fd}`, source, upper: isUpper, dev: fstatSync(fd).dev, fd, idmapped });
     }
   } catch (err) {
     closeLayers(layers);

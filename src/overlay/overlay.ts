@@ -29,6 +29,8 @@ export interface OverlayConfig {
   readonly whiteoutStyle?: 'chardev' | 'aufs';
   /** Force opaque markers as xattrs or `.wh..wh..opq` files instead of probing the upper (tests). */
   readonly opaqueStyle?: writes.OpaqueStyle;
+  /** Which lowers (top first) are on id-mapped mounts, instead of asking mountinfo (tests). */
+  readonly idmappedLowers?: readonly boolean[];
   /** uidmapping / gidmapping / squash_* (fuse-overlayfs's options). */
   readonly idmap?: IdMapOptions;
   /** Every directory reports nlink 1 (static_nlink). */
@@ -118,21 +120,19 @@ function splitPath(path: string): [string, string] {
 }
 
 export class Overlay {
-  private readonly ids: IdMap;
-
   private constructor(
     readonly config: OverlayConfig,
     readonly layers: readonly Layer[],
     readonly tree: OverlayTree,
+    private readonly ids: IdMap,
     private readonly overrides: StatOverrides,
     private readonly writeContext: writes.WriteContext | null,
-  ) {
-    this.ids = new IdMap(config.idmap);
-  }
+  ) {}
 
   static async open(config: OverlayConfig): Promise<Overlay> {
     if (config.upper !== undefined && config.work === undefined) throw errorFor('EINVAL', 'upperdir needs a workdir');
-    const layers = openLayers(config.lowers, config.upper);
+    const layers = openLayers(config.lowers, config.upper, config.idmappedLowers);
+    const ids = new IdMap(config.idmap);
     let work: Workdir | undefined;
     try {
       const tree = new OverlayTree(layers);
@@ -154,10 +154,11 @@ export class Overlay {
           whiteoutStyle: config.whiteoutStyle ?? writes.probeWhiteoutStyle(work.temp()),
           opaqueStyle: config.opaqueStyle ?? writes.probeOpaqueStyle(work.temp(), xattrNamespace),
           overrides,
+          ids,
           setOwners: config.setOwners ?? mayChown(),
         };
       }
-      return new Overlay(config, layers, tree, overrides, ctx);
+      return new Overlay(config, layers, tree, ids, overrides, ctx);
     } catch (err) {
       work?.release();
       closeLayers(layers);
@@ -498,11 +499,14 @@ export class Overlay {
     // Nanoseconds as integers: the float st.mtimeMs rounds .9999999 s up to the next second.
     const st = lstatSync(node.realPath, { bigint: true });
     const ms = (ns: bigint) => Number(ns / 1_000_000n);
-    const attrs = this.overrides.stored(node.layer, node.realPath, { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) });
+    const override = this.overrides.override(node.layer, node.realPath, Number(st.mode));
+    const attrs = override ?? { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) };
+    // A lower on an id-mapped mount gives the ids to show; its overrides give stored ones.
+    const alreadyShown = override === null && node.layer.idmapped;
     return {
       mode: attrs.mode,
-      uid: this.ids.shownUid(attrs.uid),
-      gid: this.ids.shownGid(attrs.gid),
+      uid: this.ids.shownUid(attrs.uid, alreadyShown),
+      gid: this.ids.shownGid(attrs.gid, alreadyShown),
       size: Number(st.size),
       nlink: node.isMergedDir || (node.isDir && this.config.staticNlink) ? 1 : Number(st.nlink),
       ino: node.ino,

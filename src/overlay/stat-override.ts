@@ -100,14 +100,22 @@ export class StatOverrides {
 
   /** The stored owner and mode of the entry at `path` in `layer`: its override where the layer keeps them. */
   stored(layer: Layer, path: string, real: Attrs): Attrs {
+    return this.override(layer, path, real.mode) ?? real;
+  }
+
+  /**
+   * The owner and mode in the override of the entry at `path` (of type `realMode`'s), or null
+   * where it has none. Its ids are stored ones even on an id-mapped mount, which maps no xattr.
+   */
+  override(layer: Layer, path: string, realMode: number): Attrs | null {
     const name = this.names[layer.index];
-    if (!name) return real;
+    if (!name) return null;
     const value = lgetxattrOrNull(path, name);
     // An entry without one (made before the layer got overrides, or a symlink) shows its own.
-    if (value === null) return real;
+    if (value === null) return null;
     const o = parseOverride(value.toString('latin1'));
     if (!o) throw errorFor('EINVAL', `${path}: unreadable ${name}`);
-    return { uid: o.uid, gid: o.gid, mode: (real.mode & S_IFMT) | o.perms };
+    return { uid: o.uid, gid: o.gid, mode: (realMode & S_IFMT) | o.perms };
   }
 
   /**

@@ -130,5 +130,11 @@ describe('id mapping', () => {
   test('squash wins over mapping', () => {
     const map = new IdMap({ uidRanges: parseIdMapping('0:100000:65536'), squashUid: 0, squashGid: 7 });
     assert.deepEqual([map.shownUid(5), map.shownGid(5)], [0, 7]);
+    assert.deepEqual([map.shownUid(100005, true), map.shownGid(100005, true)], [0, 7]);
+  });
+
+  test('ids read through an id-mapped mount are shown as they are', () => {
+    const map = new IdMap({ uidRanges: parseIdMapping('0:100000:65536'), gidRanges: parseIdMapping('0:200000:10') });
+    assert.deepEqual([map.shownUid(100005, true), map.shownGid(200003, true), map.shownUid(OVERFLOW_ID, true)], [100005, 200003, OVERFLOW_ID]);
   });
 });

@@ -8,6 +8,7 @@ import { Errno, errorFor } from '../../src/errors';
 import { isWhiteoutStat, OPAQUE_WHITEOUT } from '../../src/overlay/format';
 import { probeOpaqueStyle } from '../../src/overlay/writes';
 import { Overlay, type OverlayConfig } from '../../src/overlay/overlay';
+import { OVERRIDE_CONTAINERS } from '../../src/overlay/stat-override';
 import { lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
 import { requires } from '../helpers/env';
 import { errno } from '../helpers/errors';
@@ -588,6 +589,82 @@ describe('AUFS-style whiteouts, where char 0/0 devices cannot be made', requires
     const again = await Overlay.open({ lowers: f.lowers, upper: f.upper, work: f.work, whiteoutStyle: 'aufs' });
     assert.deepEqual(await names(again, '/d'), []);
     assert.equal((await again.getattr('/a')).size, 0);
+  });
+});
+
+describe('lowers on id-mapped mounts (podman 4.3 with --uidmap)', requires('root'), () => {
+  const idmap = {
+    uidRanges: [{ inside: 0, outside: 100000, count: 65536 }],
+    gidRanges: [{ inside: 0, outside: 200000, count: 65536 }],
+  };
+  /**
+   * l0 stands for a lower read through an id-mapped mount with the same mapping: on-disk 0
+   * appears as 100000 (gid 200000) there, an on-disk id outside the mapping as 65534.
+   */
+  const trees: Tree[] = [
+    {
+      a: { kind: 'file', data: 'a', uid: 100000, gid: 200000 },
+      d: { kind: 'dir', uid: 101000, gid: 200005 },
+      'd/x': { kind: 'file', uid: 101000, gid: 200005 },
+      n: { kind: 'file', uid: 65534, gid: 65534 },
+    },
+    { b: { kind: 'file', data: 'b', uid: 0, gid: 0 } },
+  ];
+
+  async function owner(ov: Overlay, path: string): Promise<string> {
+    const st = await ov.getattr(path);
+    return `${st.uid}:${st.gid}`;
+  }
+
+  function real(path: string): string {
+    const st = lstatSync(path);
+    return `${st.uid}:${st.gid}`;
+  }
+
+  test('their ids are shown as they are, without uidmapping/gidmapping again; other lowers are mapped', async () => {
+    const f = await fixture(trees, { idmap, idmappedLowers: [true, false] });
+    assert.equal(await owner(f.ov, '/a'), '100000:200000');
+    assert.equal(await owner(f.ov, '/d/x'), '101000:200005');
+    assert.equal(await owner(f.ov, '/n'), '65534:65534');
+    assert.equal(await owner(f.ov, '/b'), '100000:200000');
+    const plain = await fixture(trees, { idmap, idmappedLowers: [false, false] });
+    assert.equal(await owner(plain.ov, '/a'), '65534:65534', 'mapped twice where the flag is off');
+  });
+
+  test('squash options still apply', async () => {
+    const f = await fixture(trees, { idmap: { ...idmap, squashUid: 0, squashGid: 7 }, idmappedLowers: [true, false] });
+    assert.equal(await owner(f.ov, '/a'), '0:7');
+    assert.equal(await owner(f.ov, '/b'), '0:7');
+  });
+
+  test('a copy-up stores the ids mapped back, and shows the same owner', async () => {
+    const f = await fixture(trees, { idmap, idmappedLowers: [true, false] });
+    await writeAt(f.ov, '/a', 'A', 0);
+    await f.ov.mkdir('/d/new', 0o755);
+    await writeAt(f.ov, '/b', 'B', 0);
+    assert.equal(real(join(f.upper, 'a')), '0:0');
+    assert.equal(real(join(f.upper, 'd')), '1000:5');
+    assert.equal(real(join(f.upper, 'b')), '0:0');
+    assert.equal(await owner(f.ov, '/a'), '100000:200000');
+    assert.equal(await owner(f.ov, '/d'), '101000:200005');
+    assert.equal(await owner(f.ov, '/b'), '100000:200000');
+    await f.ov.chown('/d/x', 102000, 0xffffffff);
+    assert.equal(real(join(f.upper, 'd/x')), '2000:5');
+    assert.equal(await owner(f.ov, '/d/x'), '102000:200005');
+  });
+
+  test('their override xattrs hold stored ids (an id-mapped mount maps no xattr)', async () => {
+    const f = await fixture([{
+      '.': { kind: 'dir', xattrs: { [OVERRIDE_CONTAINERS]: '0:0:755' } },
+      o: { kind: 'file', uid: 100000, gid: 200000, xattrs: { [OVERRIDE_CONTAINERS]: '5:6:640' } },
+      p: { kind: 'file', uid: 100007, gid: 200008 },
+    }], { idmap, idmappedLowers: [true] });
+    assert.equal(await owner(f.ov, '/o'), '100005:200006');
+    assert.equal(await owner(f.ov, '/p'), '100007:200008');
+    await writeAt(f.ov, '/o', 'O', 0);
+    await writeAt(f.ov, '/p', 'P', 0);
+    assert.equal(real(join(f.upper, 'o')), '5:6');
+    assert.equal(real(join(f.upper, 'p')), '7:8');
   });
 });
 
