@@ -559,7 +559,7 @@ if [ "$RC" = 0 ] && [ -d "$mnt" ]; then
   expect_out "reading the --uidmap container's mount from the host" "$(printf 'hello-lower\na dir2 keep link sub busybox')"
   o=$(stat -c %u:%g "$mnt/etc/motd" "$mnt/data" 2>&1 | tr '\n' ' ')
   # Reported apart (uidmap-mount/owner): with podman 4.3 the lowers are id-mapped already, and
-  # uidmapping maps their ids once more (fuse-overlayfs 1.10 shows 65534 too).
+  # uidmapping must not map their ids once more (fuse-overlayfs 1.10 does, and shows 65534).
   [ "$o" = "100000:100000 100000:100000 " ] || OWNER_FAILS+=("owners seen from the host: $(q "$o"), expected 100000:100000 (the container's root)")
   run pm umount cu
   expect_rc0 "podman umount"

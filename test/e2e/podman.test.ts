@@ -6,7 +6,8 @@
  * imports a busybox image built from busybox-static (no registry), runs containers that read,
  * write and delete lower files and directories, checks `podman diff`, the upper layer left on
  * disk, `podman commit`, `podman build` (twice: the second is cached), `podman image mount`,
- * `podman export`, four containers at once and `--uidmap`, and that no mount or daemon is left.
+ * `podman export`, four containers at once and `--uidmap` (id-mapped lowers, whose ids are shown
+ * as they are), and that no mount or daemon is left.
  * Each step reports `RESULT name ok|fail detail`; each becomes a test here.
  *
  * Podman calls a wrapper that logs every mount (argv, cwd, environment, exit status, stderr)
@@ -38,19 +39,13 @@ const STEPS = [
 ] as const;
 
 /**
- * Steps known to fail, with the reason (node's `todo`: reported, not failing the run).
- * With `--uidmap`, rootful podman 4.3 (the containers/storage it is built with) gives the mount program
- * id-mapped mounts of the lower layers (LAYER/mapped/N/l/ID), detaches them (MNT_DETACH) as
- * soon as the mount program has returned (ts-overlayfs holds its layers open, so it still sees
- * them), and passes uidmapping=:0:100000:65536 as well, which maps those ids a second time.
+ * Steps known to fail, with the reason (node's `todo`: reported, not failing the run). None now:
+ * with `--uidmap`, rootful podman 4.3 gives the mount program id-mapped mounts of the lower
+ * layers (LAYER/mapped/N/l/ID), detaches them as soon as it has returned, and passes
+ * uidmapping=:0:100000:65536 as well; ts-overlayfs finds those lowers id-mapped when it opens
+ * them and does not map their ids a second time (fuse-overlayfs 1.10 does: 65534).
  */
-const TODO: Partial<Record<(typeof STEPS)[number], string>> = {
-  'uidmap-mount/owner':
-    'podman 4.3: uidmapping= maps the ids of lowers that are id-mapped already, so owners show as 65534 ' +
-    '(fuse-overlayfs 1.10 shows 65534 too); passes once containers/storage stops id-mapping lowers for a mount_program',
-  uidmap:
-    'podman 4.3, as above: owners show as 65534, so runc cannot create /etc/hostname (fuse-overlayfs 1.10 fails the same way)',
-};
+const TODO: Partial<Record<(typeof STEPS)[number], string>> = {};
 
 /** podman and what the scenario runs besides it; skipped outside CI, failing in CI, as requires() does. */
 function requiresPodman(): { skip: string | false } {
