@@ -21,6 +21,9 @@ export interface IdRange {
 /** The id shown for stored ids outside every range, and stored for unmapped ids (as the kernel's overflow id). */
 export const OVERFLOW_ID = 65534;
 
+/** (uid_t)-1 / (gid_t)-1: the id chown is asked to leave as it is. */
+export const NO_ID = 0xffffffff;
+
 /** `0:100000:65536` or `:0:100000:65536`, several ranges joined by ':'. */
 export function parseIdMapping(value: string): IdRange[] {
   const fields = value.replace(/^:/, '').split(':');

@@ -9,7 +9,7 @@ import { lgetxattr, llistxattr } from '../sys/libc';
 import { isPrivateXattr } from './format';
 import { closeLayers, openLayers, type Layer } from './layer';
 import { OverlayTree, type OvlNode } from './tree';
-import { IdMap, type IdMapOptions } from './idmap';
+import { IdMap, NO_ID, type IdMapOptions } from './idmap';
 import { StatOverrides, type XattrPermissions } from './stat-override';
 import { Workdir } from './workdir';
 import * as writes from './writes';
@@ -59,7 +59,6 @@ function mayChown(): boolean {
 }
 
 const ACL_XATTRS = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
-const NO_ID = 0xffffffff;
 
 /** Attributes as the mount presents them. */
 export interface OvlStat {

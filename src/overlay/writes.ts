@@ -15,6 +15,7 @@ import { errorFor, hasCode } from '../errors';
 import { UTIME_NOW, UTIME_OMIT, type Timespec, lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
 import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
 import { isPrivateXattr, isWhiteoutName, isWhiteoutStat, OPAQUE_WHITEOUT, WHITEOUT_PREFIX } from './format';
+import { NO_ID } from './idmap';
 import { layerPath } from './layer';
 import type { Attrs } from './stat-override';
 import type { TimeChange } from './overlay';
@@ -81,7 +82,6 @@ const S_IFCHR = 0o020000;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const S_ISGID = 0o2000;
-const NO_ID = 0xffffffff;
 
 /** Gives a new upper entry its mode (type bits included): in its override where the upper keeps one, else for real. */
 function giveMode(ctx: WriteContext, path: string, mode: number): void {
