@@ -8,8 +8,7 @@
  */
 import koffi from 'koffi';
 import { OvlError } from '../errors';
-
-const libc = koffi.load('libc.so.6');
+import { cPath, fail, libc, printable, type PathArg } from './ffi';
 
 const c = {
   lgetxattr: libc.func('int64_t lgetxattr(const char *path, const char *name, void *value, size_t size)'),
@@ -41,31 +40,27 @@ export const MNT_DETACH = 2;
 /** Largest xattr value Linux allows (XATTR_SIZE_MAX) and largest name list (XATTR_LIST_MAX). */
 const XATTR_MAX = 65536;
 
-function fail(call: string, path: string): never {
-  throw new OvlError(koffi.errno(), `${call} ${path}`);
-}
-
 // One scratch buffer serves every call: the calls are synchronous on the JS thread.
 const scratch = Buffer.alloc(XATTR_MAX);
 
 /** The value of xattr `name` on `path` itself (never a symlink's target). */
-export function lgetxattr(path: string, name: string): Buffer {
-  const n = Number(c.lgetxattr(path, name, scratch, scratch.length));
+export function lgetxattr(path: PathArg, name: string): Buffer {
+  const n = Number(c.lgetxattr(cPath(path), name, scratch, scratch.length));
   if (n < 0) fail('lgetxattr', path);
   return Buffer.from(scratch.subarray(0, n));
 }
 
 /** Like lgetxattr, but null where the attribute is absent or the filesystem has none. */
-export function lgetxattrOrNull(path: string, name: string): Buffer | null {
-  const n = Number(c.lgetxattr(path, name, scratch, scratch.length));
+export function lgetxattrOrNull(path: PathArg, name: string): Buffer | null {
+  const n = Number(c.lgetxattr(cPath(path), name, scratch, scratch.length));
   if (n >= 0) return Buffer.from(scratch.subarray(0, n));
   const errno = koffi.errno();
   if (errno === koffi.os.errno.ENODATA || errno === koffi.os.errno.ENOTSUP) return null;
-  throw new OvlError(errno, `lgetxattr ${path}`);
+  throw new OvlError(errno, `lgetxattr ${printable(path)}`);
 }
 
-export function llistxattr(path: string): string[] {
-  const n = Number(c.llistxattr(path, scratch, scratch.length));
+export function llistxattr(path: PathArg): string[] {
+  const n = Number(c.llistxattr(cPath(path), scratch, scratch.length));
   if (n < 0) {
     if (koffi.errno() === koffi.os.errno.ENOTSUP) return [];
     fail('llistxattr', path);
@@ -81,20 +76,20 @@ export function llistxattr(path: string): string[] {
   return names;
 }
 
-export function lsetxattr(path: string, name: string, value: Buffer, flags = 0): void {
-  if (c.lsetxattr(path, name, value, value.length, flags) < 0) fail('lsetxattr', path);
+export function lsetxattr(path: PathArg, name: string, value: Buffer, flags = 0): void {
+  if (c.lsetxattr(cPath(path), name, value, value.length, flags) < 0) fail('lsetxattr', path);
 }
 
-export function lremovexattr(path: string, name: string): void {
-  if (c.lremovexattr(path, name) < 0) fail('lremovexattr', path);
+export function lremovexattr(path: PathArg, name: string): void {
+  if (c.lremovexattr(cPath(path), name) < 0) fail('lremovexattr', path);
 }
 
-export function mknod(path: string, mode: number, dev: number): void {
-  if (c.mknodat(AT_FDCWD, path, mode, dev) < 0) fail('mknod', path);
+export function mknod(path: PathArg, mode: number, dev: number): void {
+  if (c.mknodat(AT_FDCWD, cPath(path), mode, dev) < 0) fail('mknod', path);
 }
 
-export function renameat2(from: string, to: string, flags: number): void {
-  if (c.renameat2(AT_FDCWD, from, AT_FDCWD, to, flags) < 0) fail('renameat2', `${from} -> ${to}`);
+export function renameat2(from: PathArg, to: PathArg, flags: number): void {
+  if (c.renameat2(AT_FDCWD, cPath(from), AT_FDCWD, cPath(to), flags) < 0) fail('renameat2', `${printable(from)} -> ${printable(to)}`);
 }
 
 export interface Timespec { sec: number; nsec: number }
@@ -102,13 +97,13 @@ export interface Timespec { sec: number; nsec: number }
 export const UTIME_OMIT = (1 << 30) - 2;
 
 /** Sets atime and mtime with nanosecond precision, on `path` itself (never a symlink's target). */
-export function lutimens(path: string, atime: Timespec, mtime: Timespec): void {
+export function lutimens(path: PathArg, atime: Timespec, mtime: Timespec): void {
   const times = Buffer.alloc(32);
   times.writeBigInt64LE(BigInt(atime.sec), 0);
   times.writeBigInt64LE(BigInt(atime.nsec), 8);
   times.writeBigInt64LE(BigInt(mtime.sec), 16);
   times.writeBigInt64LE(BigInt(mtime.nsec), 24);
-  if (c.utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW) < 0) fail('utimensat', path);
+  if (c.utimensat(AT_FDCWD, cPath(path), times, AT_SYMLINK_NOFOLLOW) < 0) fail('utimensat', path);
 }
 
 export function umount2(target: string, flags: number): void {
