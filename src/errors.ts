@@ -22,7 +22,7 @@ export class OvlError extends Error {
 export const Errno = errnoByCode as Readonly<Record<
   'EPERM' | 'ENOENT' | 'EIO' | 'EBADF' | 'EACCES' | 'EEXIST' | 'EXDEV' | 'ENOTDIR' | 'EISDIR' |
   'EINVAL' | 'ENOSPC' | 'EROFS' | 'ERANGE' | 'ENOTEMPTY' | 'ENODATA' | 'ENOTSUP' | 'ELOOP' |
-  'ENAMETOOLONG' | 'ENOSYS' | 'EOPNOTSUPP' | 'EBUSY' | 'ENOTCONN', number>>;
+  'ENAMETOOLONG' | 'ENOSYS' | 'EOPNOTSUPP' | 'EBUSY' | 'ENOTCONN' | 'ESTALE', number>>;
 
 export function errorFor(code: keyof typeof Errno, message?: string): OvlError {
   return new OvlError(Errno[code], message);

@@ -4,7 +4,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import { dirname, resolve, sep } from 'node:path';
-import { cacheOptions } from '../fuse/cache-policy';
+import { cachePolicy, type CachePolicy } from '../server/cache-policy';
 import { readMountTable } from './mount-table';
 import { isInitialRoot } from './privilege';
 import type { IdMapOptions } from '../overlay/idmap';
@@ -38,8 +38,13 @@ export interface MountConfig {
   readonly xattrPermissions: 0 | 1 | 2;
   readonly foreground: boolean;
   readonly debug: boolean;
-  /** Options handed to libfuse (see fuse/native.ts for why each is there). */
-  readonly fuseOptions: string[];
+  /** The mount's options in mount(8)'s words (src/fuse/mount.ts), ours first, the caller's after. */
+  readonly mountOptions: string[];
+  /** The source /proc/mounts shows. */
+  readonly fsname: string;
+  /** Only root and the mounter may use the mount (allow_root). */
+  readonly allowRoot: boolean;
+  readonly cache: CachePolicy;
 }
 
 export interface CommandLine {
@@ -60,19 +65,16 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     throw err;
   }
 
-  const fuseOptions = [
-    // No hard_remove: with it, I/O on a file unlinked while open fails; without it libfuse
-    // renames such a file to .fuse_hidden*, which the overlay keeps out of the upper layer.
-    'use_ino', 'big_writes', 'subtype=ts-overlayfs',
-    // libfuse 2 alone refuses a non-empty mountpoint; fuse-overlayfs (libfuse 3) and the kernel do not.
-    'nonempty',
+  const refused = o.fuseFlags.find((f) => REFUSED_FLAGS.has(f));
+  if (refused !== undefined) throw new CliError(`mount option ${refused} is not supported (libfuse refuses it for fuse-overlayfs too)`);
+  const allowRoot = o.fuseFlags.includes('allow_root');
+  const mountOptions = [
     ...addedMountOptions(process.geteuid?.() === 0),
-    // After ours, so that the caller's nosuid or atime wins (libfuse takes the last one).
-    ...o.fuseFlags,
+    // After ours, so that the caller's nosuid or atime wins (the last one counts).
+    ...o.fuseFlags.filter((f) => MOUNT_FLAGS.has(f)),
   ];
-  // libfuse 2 refuses allow_other beside allow_root (libfuse 3 lets allow_root win).
-  if (o.fuseFlags.includes('allow_root')) removeAll(fuseOptions, 'allow_other');
-  fuseOptions.push(`fsname=${o.fsname.replace(/[\\,]/g, (c) => `\\${c}`)}`);
+  // allow_root is allow_other in the kernel, with the server turning away everyone else.
+  if (allowRoot && !mountOptions.includes('allow_other')) mountOptions.push('allow_other');
 
   if (o.lowerdir === undefined || splitLowerdir(o.lowerdir).length === 0) throw new CliError('no lowerdir specified');
   const lowers = await Promise.all(splitLowerdir(o.lowerdir).map((p) => existingDir('lowerdir', p)));
@@ -101,8 +103,7 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
 
   const writable = !o.readOnly && upper !== undefined;
   // A read-only mount is read-only in the kernel too: every write is EROFS before reaching us.
-  if (!writable) fuseOptions.push('ro');
-  fuseOptions.push(...cacheOptions(writable, o.timeout === undefined ? undefined : cacheSeconds(o.timeout)));
+  if (!writable) mountOptions.push('ro');
   return {
     // With ro the upper is still part of the view (as with fuse-overlayfs and the kernel),
     // only never written: the top read-only layer.
@@ -127,9 +128,17 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     // -d, like -o debug, implies -f: the log goes to the terminal that started the mount.
     foreground: cmd.foreground || cmd.debug || o.debug,
     debug: cmd.debug || o.debug,
-    fuseOptions,
+    mountOptions,
+    fsname: o.fsname,
+    allowRoot,
+    cache: cachePolicy(writable, o.timeout === undefined ? undefined : cacheSeconds(o.timeout), o.fuseFlags.includes('kernel_cache')),
   };
 }
+
+/** The libfuse options fuse-overlayfs passes on that are mount flags (the rest tune libfuse). */
+const MOUNT_FLAGS = new Set(['default_permissions', 'allow_other', 'suid', 'nosuid', 'dev', 'nodev', 'exec', 'noexec', 'atime', 'noatime']);
+/** Passed on by fuse-overlayfs, refused by libfuse 2 and 3 alike: its mount fails, so does ours. */
+const REFUSED_FLAGS = new Set(['diratime', 'nodiratime', 'max_write']);
 
 /**
  * The mount options fuse-overlayfs 1.10 puts before the caller's own: as root (its check is
@@ -142,13 +151,9 @@ export function addedMountOptions(root: boolean): string[] {
   return root ? ['default_permissions', 'allow_other', 'suid', 'noatime'] : ['default_permissions', 'noatime'];
 }
 
-function removeAll(list: string[], item: string): void {
-  for (let i = list.indexOf(item); i >= 0; i = list.indexOf(item)) list.splice(i, 1);
-}
-
 /**
- * A timeout as the kernel gets it: libfuse makes a negative (or unreadable) one 0, and
- * anything past ~30 years is forever in practice.
+ * A timeout as the kernel gets it: a negative (or unreadable) one is 0, as libfuse makes it,
+ * and anything past ~30 years is forever in practice.
  */
 function cacheSeconds(t: number): number {
   return Number.isNaN(t) || t < 0 ? 0 : Math.min(t, 1e9);

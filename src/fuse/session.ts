@@ -53,8 +53,10 @@ export interface SessionOptions {
    * EACCES, but for the requests on files they already hold open.
    */
   readonly allowedUids?: ReadonlySet<number>;
-  /** One line per request and answer. */
+  /** One line per request and its answer. */
   readonly log?: (line: string) => void;
+  /** How a node id is shown in those lines (a path, say). */
+  readonly nodeName?: (node: number) => string;
   /** A method threw something that carries no errno: answered EIO, and reported here. */
   readonly onBug?: (op: string, err: unknown) => void;
 }
@@ -75,6 +77,9 @@ function isPromise<T>(v: Awaitable<T>): v is Promise<T> {
 
 /** Requests allowed from anyone under allowedUids: they act on files already open (libfuse's list). */
 const OPEN_FILE_OPS = new Set<number>([Op.INIT, Op.READ, Op.WRITE, Op.FSYNC, Op.RELEASE, Op.READDIR, Op.FSYNCDIR, Op.RELEASEDIR, Op.READDIRPLUS, Op.NOTIFY_REPLY, Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT]);
+
+/** A request with what the log says of its arguments. */
+type Traced = Request & { detail?: string };
 
 /** A reply in a buffer of its own (header space included), and what to do with the buffer once sent. */
 interface OwnReply {
@@ -233,8 +238,16 @@ export class Session {
   }
 
   private sendError(req: Request, errno: number): void {
-    this.options.log?.(`${OP_NAMES[req.opcode] ?? req.opcode} #${req.nodeId} -> ${errnoName(errno)}`);
+    this.trace(req, errnoName(errno));
     this.send(req.unique, errno, this.out, Size.OUT_HEADER);
+  }
+
+  private trace(req: Request, result: string): void {
+    const log = this.options.log;
+    if (!log) return;
+    const node = this.options.nodeName?.(req.nodeId) ?? `#${req.nodeId}`;
+    const detail = (req as Traced).detail;
+    log(`${OP_NAMES[req.opcode] ?? req.opcode} ${node}${detail ? ` ${detail}` : ''} -> ${result}`);
   }
 
   private fail(req: Request, err: unknown): void {
@@ -294,7 +307,7 @@ export class Session {
       this.fail(req, err);
       return;
     }
-    this.options.log?.(`${OP_NAMES[req.opcode] ?? req.opcode} #${req.nodeId} -> ok`);
+    if (this.options.log) this.trace(req, summary(value));
     if (typeof encoded === 'number') {
       this.send(req.unique, 0, this.out, Size.OUT_HEADER + encoded);
       return;
@@ -314,9 +327,10 @@ export class Session {
       this.options.onBug?.('request', new Error(`request length ${h.len} but ${n} bytes read`));
       return;
     }
-    const req: Request = { opcode: h.opcode, unique: h.unique, nodeId: h.nodeId, uid: h.uid, gid: h.gid, pid: h.pid, interrupted: false };
+    const req: Traced = { opcode: h.opcode, unique: h.unique, nodeId: h.nodeId, uid: h.uid, gid: h.gid, pid: h.pid, interrupted: false };
     const body = Size.IN_HEADER;
     const end = n - h.extLen;
+    if (this.options.log) req.detail = describeArgs(h.opcode, buf, body, end);
     const fs = this.fs;
     const node = h.nodeId;
     if (this.connection === null && h.opcode !== Op.INIT) {
@@ -616,6 +630,64 @@ const attrOut: Encode<{ attr: import('./types').Attr; timeout: number }> = (out,
 const openOut: Encode<{ fh: number; flags: number }> = (out, o) => writeOpenOut(out, Size.OUT_HEADER, o.fh, o.flags);
 const writeOut: Encode<number> = (out, n) => writeWriteOut(out, Size.OUT_HEADER, n);
 const empty: Encode<unknown> = () => 0;
+
+/** What the log says of a request's arguments: names, sizes and offsets. */
+function describeArgs(opcode: number, buf: Buffer, body: number, end: number): string {
+  const name = (off: number) => readCString(buf, off, end).value.toString('latin1');
+  switch (opcode) {
+    case Op.LOOKUP:
+    case Op.UNLINK:
+    case Op.RMDIR:
+    case Op.REMOVEXATTR:
+      return name(body);
+    case Op.MKDIR:
+      return `${name(body + 8)} mode ${buf.readUInt32LE(body).toString(8)}`;
+    case Op.MKNOD:
+      return `${name(body + 16)} mode ${buf.readUInt32LE(body).toString(8)}`;
+    case Op.CREATE:
+      return `${name(body + 16)} mode ${buf.readUInt32LE(body + 4).toString(8)} flags ${buf.readUInt32LE(body).toString(8)}`;
+    case Op.SYMLINK: {
+      const first = readCString(buf, body, end);
+      return `${first.value.toString('latin1')} -> ${name(first.next)}`;
+    }
+    case Op.RENAME:
+    case Op.RENAME2: {
+      const two = opcode === Op.RENAME2;
+      const from = readCString(buf, body + (two ? 16 : 8), end);
+      return `${from.value.toString('latin1')} -> #${readU64(buf, body)}/${name(from.next)}${two ? ` flags ${buf.readUInt32LE(body + 8)}` : ''}`;
+    }
+    case Op.LINK:
+      return `#${readU64(buf, body)} as ${name(body + 8)}`;
+    case Op.OPEN:
+    case Op.OPENDIR:
+      return `flags ${buf.readUInt32LE(body).toString(8)}`;
+    case Op.READ:
+    case Op.WRITE:
+    case Op.READDIR:
+    case Op.READDIRPLUS:
+      return `${buf.readUInt32LE(body + 16)}@${readU64(buf, body + 8)}`;
+    case Op.SETATTR:
+      return `valid ${buf.readUInt32LE(body).toString(16)}`;
+    case Op.SETXATTR:
+    case Op.GETXATTR:
+      return name(body + 8);
+    case Op.FORGET:
+      return `${readU64(buf, body)}`;
+    default:
+      return '';
+  }
+}
+
+/** What the log says of an answer. */
+function summary(value: unknown): string {
+  if (value === undefined || value === null) return 'ok';
+  if (typeof value === 'number') return String(value);
+  if (Buffer.isBuffer(value)) return `${value.length} bytes`;
+  const v = value as { nodeId?: number; fh?: number; open?: { fh: number } };
+  if (v.nodeId !== undefined) return v.nodeId === 0 ? 'none' : `#${v.nodeId}${v.open ? ` fh ${v.open.fh}` : ''}`;
+  if (v.fh !== undefined) return `ok fh ${v.fh}`;
+  return 'ok';
+}
 
 const ERRNO_NAMES = new Map<number, string>(Object.entries(E).map(([name, no]) => [no as number, name]));
 

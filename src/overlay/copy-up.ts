@@ -2,19 +2,27 @@
  * Copy-up: before the first change to an entry that lives only in a lower layer, a copy of it
  * (data, mode, owner, times, xattrs) is built in the work directory and renamed into the
  * upper layer in one step; its parent directories are copied up first, the same way.
- * A file keeps its st_ino. Concurrent first writers share one copy-up.
+ * A file keeps its st_ino (recorded on the copy, so it keeps it across mounts too).
+ * Concurrent first writers share one copy-up.
+ *
+ * A copy-up that moves no data and syncs nothing (a directory, a symlink, a device, a file
+ * about to be truncated with `volatile`) is done at once; copying data or syncing it is
+ * asynchronous, so other requests are served meanwhile.
  */
-import { closeSync, ftruncateSync, lchownSync, chmodSync, lstatSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, type BigIntStats } from 'node:fs';
+import { closeSync, ftruncateSync, lchownSync, chmodSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync } from 'node:fs';
 import { read as fsRead, write as fsWrite, fsync as fsFsync, constants as fsc } from 'node:fs';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { errorFor, hasCode } from '../errors';
 import { log } from '../log';
 import { copyFileRange, dup2, lgetxattr, llistxattr, lsetxattr, lutimens, mknod, nextDataExtent, reflink, renameat2, RENAME_NOREPLACE, type Timespec } from '../sys/libc';
+import { lstatx, type Stat } from '../sys/stat';
 import { isPrivateXattr } from './format';
+import { originInoXattr } from './inodes';
 import { layerPath, type Layer } from './layer';
 import type { IdMap } from './idmap';
+import type { OvlNode } from './node';
 import type { StatOverrides } from './stat-override';
-import type { OverlayTree, OvlNode } from './tree';
+import type { OverlayTree } from './tree';
 import type { Workdir } from './workdir';
 
 export interface UpperContext {
@@ -27,6 +35,8 @@ export interface UpperContext {
   readonly overrides: StatOverrides;
   /** uidmapping/gidmapping: a copy from a lower on an id-mapped mount stores its ids mapped back. */
   readonly ids: IdMap;
+  /** Where the overlay's own xattrs go: `trusted`, or `user` (userxattr). */
+  readonly xattrNamespace: 'trusted' | 'user';
 }
 
 const S_IFMT = 0o170000;
@@ -46,23 +56,23 @@ export interface CopyUpOptions {
 }
 
 /**
- * Makes `node` live in the upper layer (a no-op if it already does). It keeps its st_ino,
- * except a file with other hard links below, whose copy is a different file from then on.
+ * Makes `node` live in the upper layer (nothing to do if it does): at once, or with a promise
+ * where data is copied or synced. It keeps its st_ino, except a file with other hard links
+ * below, whose copy is a different file from then on.
  */
-export async function copyUp(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions = { data: true }): Promise<void> {
-  while (!node.layer.upper) {
-    if (node.copyUp) {
-      await node.copyUp;
-      continue;
-    }
-    if (node.isDir || (node.type & S_IFMT) !== S_IFREG) {
-      copyUpSync(ctx, node);
-      return;
-    }
-    const running = copyUpFile(ctx, node, opts).finally(() => { node.copyUp = undefined; });
-    node.copyUp = running;
-    await running;
+export function copyUp(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions = { data: true }): void | Promise<void> {
+  if (node.layer.upper) return;
+  // As the kernel's overlay, which copies up to the name: a whiteout stands there now, or
+  // nothing is left to put it in.
+  if (!node.attached) throw errorFor(node.parent?.attached ? 'EEXIST' : 'ENOENT', node.path);
+  if (node.copyUp) return node.copyUp.then(() => copyUp(ctx, node, opts));
+  if (node.isDir || (node.type & S_IFMT) !== S_IFREG || (!opts.data && !ctx.fsync)) {
+    copyUpSync(ctx, node);
+    return;
   }
+  const running = copyUpFile(ctx, node, opts).finally(() => { node.copyUp = undefined; });
+  node.copyUp = running;
+  return running;
 }
 
 /** Makes a directory and its ancestors live in the upper layer; synchronous, so atomic here. */
@@ -70,33 +80,34 @@ export function copyUpDirChain(ctx: UpperContext, dir: OvlNode): void {
   if (!dir.layer.upper) copyUpSync(ctx, dir);
 }
 
+/** A copy-up without data (a regular file only where its data is not wanted). */
 function copyUpSync(ctx: UpperContext, node: OvlNode): void {
-  const parent = node.parent!;
-  copyUpDirChain(ctx, parent);
+  copyUpDirChain(ctx, node.parent!);
   const src = node.realPath;
-  const st = lstatSync(src, { bigint: true });
+  const st = lstatx(src);
   const tmp = ctx.work.temp();
-  const type = Number(st.mode) & S_IFMT;
+  const type = st.mode & S_IFMT;
   if (node.isDir) mkdirSync(tmp, { mode: 0o700 });
-  else if (type === S_IFLNK) symlinkSync(readlinkSync(src), tmp);
-  else mknod(tmp, Number(st.mode), Number(st.rdev));
+  else if (type === S_IFLNK) symlinkSync(readlinkSync(src, { encoding: 'buffer' }), tmp);
+  else if (type === S_IFREG) closeSync(openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600));
+  else mknod(tmp, st.mode, glibcDev(st.rdevMajor, st.rdevMinor));
   try {
     copyAttributes(ctx, node.layer, src, tmp, st);
   } catch (err) {
     rmSync(tmp, { recursive: true, force: true });
     throw err;
   }
-  moveIntoUpper(ctx, node, tmp, Number(st.nlink));
+  moveIntoUpper(ctx, node, tmp, st);
 }
 
 async function copyUpFile(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions): Promise<void> {
   const src = node.realPath;
-  const st = lstatSync(src, { bigint: true });
+  const st = lstatx(src);
   const tmp = ctx.work.temp();
   const out = openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
   try {
     try {
-      if (opts.data) await copyData(src, out, Number(st.size));
+      if (opts.data) await copyData(src, out, st.size);
       // In the thread pool: flushing a large copy takes long enough to stall every other request.
       if (ctx.fsync) await ioFsync(out);
     } finally {
@@ -111,14 +122,19 @@ async function copyUpFile(ctx: UpperContext, node: OvlNode, opts: CopyUpOptions)
     rmSync(tmp, { force: true });
     throw err;
   }
-  moveIntoUpper(ctx, node, tmp, Number(st.nlink));
+  moveIntoUpper(ctx, node, tmp, st);
+}
+
+/** glibc's dev_t for a device number, as mknod takes it. */
+export function glibcDev(major: number, minor: number): number {
+  return (major & 0xfff) * 256 + (minor & 0xff) + (minor & ~0xff) * 4096 + Math.floor(major / 4096) * 2 ** 44;
 }
 
 /**
  * Copies file data, keeping holes: by reflink where the filesystem shares extents, else each
  * data extent by copy_file_range, or by read and write where the kernel cannot copy.
  */
-async function copyData(src: string, out: number, size: number): Promise<void> {
+async function copyData(src: Buffer, out: number, size: number): Promise<void> {
   const input = openSync(src, fsc.O_RDONLY | fsc.O_NOFOLLOW);
   try {
     if (reflink(out, input)) return;
@@ -188,8 +204,8 @@ async function ioWriteAll(fd: number, buf: Buffer, length: number, position: num
   }
 }
 
-function timespec(ns: bigint): Timespec {
-  return { sec: Number(ns / 1_000_000_000n), nsec: Number(ns % 1_000_000_000n) };
+function timespec(sec: number, nsec: number): Timespec {
+  return { sec, nsec };
 }
 
 /**
@@ -199,11 +215,11 @@ function timespec(ns: bigint): Timespec {
  * recorded in the upper's own override (xattr_permissions), as fuse-overlayfs copies up.
  * Ids read through an id-mapped mount are shown ones: the copy gets them mapped back.
  */
-function copyAttributes(ctx: UpperContext, layer: Layer, src: string, dst: string, st: BigIntStats): void {
-  const mode = Number(st.mode);
+function copyAttributes(ctx: UpperContext, layer: Layer, src: Buffer, dst: string, st: Stat): void {
+  const mode = st.mode;
   const isLink = (mode & S_IFMT) === S_IFLNK;
-  const uid = Number(st.uid);
-  const gid = Number(st.gid);
+  const uid = st.uid;
+  const gid = st.gid;
   const attrs = ctx.overrides.override(layer, src, mode)
     ?? (layer.idmapped ? { uid: ctx.ids.storedUid(uid), gid: ctx.ids.storedGid(gid), mode } : { uid, gid, mode });
   if (!ctx.overrides.record(dst, attrs)) {
@@ -219,38 +235,45 @@ function copyAttributes(ctx: UpperContext, layer: Layer, src: string, dst: strin
       if (!(isLink && hasCode(err, 'EPERM', 'ENOTSUP'))) throw err;
     }
   }
-  lutimens(dst, timespec(st.atimeNs), timespec(st.mtimeNs));
+  lutimens(dst, timespec(st.atime, st.atimeNsec), timespec(st.mtime, st.mtimeNsec));
 }
 
 /** The one rename that makes a copy visible; the parent's times stay as they were. */
-function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string, lowerNlink: number): void {
+function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string, lower: Stat): void {
   const parent = node.parent!;
   const parentPath = layerPath(ctx.upper, parent.path);
   const target = layerPath(ctx.upper, node.path);
-  const pst = lstatSync(parentPath, { bigint: true });
+  // A file with other hard links below becomes a different file (as in the kernel): a number of its own.
+  const keepsIno = node.isDir || lower.nlink <= 1;
+  if (keepsIno) recordIno(ctx, tmp, node.ino);
+  const pst = lstatx(parentPath);
   try {
     renameat2(tmp, target, RENAME_NOREPLACE);
   } catch (err) {
     rmSync(tmp, { recursive: true, force: true });
     throw err;
   }
-  lutimens(parentPath, timespec(pst.atimeNs), timespec(pst.mtimeNs));
-  const st = lstatSync(target);
-  if (lowerNlink > 1 && !node.isDir) {
-    // The copy breaks a lower hard link: the other names still show the lower file, so this
-    // one becomes a different file with a number of its own (as in the kernel).
-    node.ino = ctx.tree.inodes.numberOf(st.dev, st.ino);
-  } else {
-    ctx.tree.inodes.alias(st.dev, st.ino, node.ino);
-  }
+  lutimens(parentPath, timespec(pst.atime, pst.atimeNsec), timespec(pst.mtime, pst.mtimeNsec));
+  const st = lstatx(target);
+  if (!keepsIno) node.ino = ctx.tree.inodes.of(st);
   if (node.isDir) node.prependUpper(ctx.upper);
   else node.layer = ctx.upper;
+  ctx.tree.upperIs(node, st);
   parent.upperListing()?.entries.set(node.name, node.isDir ? 'dir' : 'other');
   followCopyUp(node, target);
 }
 
+/** Records the number a copy keeps, for later mounts; where the entry cannot hold it (a symlink refusing user.*), it is lost there. */
+function recordIno(ctx: UpperContext, path: string, ino: number): void {
+  try {
+    lsetxattr(path, originInoXattr(ctx.xattrNamespace), Buffer.from(String(ino)));
+  } catch (err) {
+    if (!hasCode(err, 'EPERM', 'ENOTSUP', 'EOPNOTSUPP')) throw err;
+  }
+}
+
 /** Points the descriptors still open on the lower file at the upper copy, keeping their numbers. */
-function followCopyUp(node: OvlNode, upperPath: string): void {
+function followCopyUp(node: OvlNode, upperPath: Buffer): void {
   for (const [fd, flags] of node.lowerFds) {
     try {
       const copy = openSync(upperPath, (flags & ~fsc.O_TRUNC) | fsc.O_NOFOLLOW);

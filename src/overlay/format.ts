@@ -3,6 +3,7 @@
  * how whiteouts and opaque directories are recognised in a layer.
  */
 import type { Stats } from 'node:fs';
+import type { Stat } from '../sys/stat';
 
 /** AUFS/OCI-style whiteout: `.wh.NAME` beside (or instead of) NAME hides NAME below. */
 export const WHITEOUT_PREFIX = '.wh.';
@@ -24,6 +25,11 @@ const S_IFCHR = 0o020000;
 /** A kernel whiteout: a character device with device number 0/0. */
 export function isWhiteoutStat(st: Pick<Stats, 'mode' | 'rdev'>): boolean {
   return (st.mode & S_IFMT) === S_IFCHR && st.rdev === 0;
+}
+
+/** The same test on what statx says. */
+export function isWhiteout(st: Stat): boolean {
+  return (st.mode & S_IFMT) === S_IFCHR && st.rdevMajor === 0 && st.rdevMinor === 0;
 }
 
 /** Names with the `.wh.` prefix are overlay metadata in any layer, never user files. */

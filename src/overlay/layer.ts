@@ -1,5 +1,12 @@
-import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+/**
+ * The real directories of the overlay, and how their files are named. Names inside the
+ * overlay are byte strings: JS strings of one char per byte (latin1), so any name a layer
+ * holds, UTF-8 or not, round-trips; a path becomes a Buffer of those bytes only where it is
+ * handed to a system call (layerPath).
+ */
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { errorFor } from '../errors';
+import { lstatx } from '../sys/stat';
 
 /** One real directory of the overlay. Index 0 is the top; the upper, if any, is index 0. */
 export interface Layer {
@@ -9,7 +16,8 @@ export interface Layer {
   /** The directory as it was named on the command line. */
   readonly source: string;
   readonly upper: boolean;
-  readonly dev: number;
+  /** The filesystem the layer is on, as statx names it (`major:minor`). */
+  readonly dev: string;
   /** The descriptor holding the layer directory. */
   readonly fd: number;
   /**
@@ -20,12 +28,26 @@ export interface Layer {
   readonly idmapped: boolean;
 }
 
+/** A byte string (one char per byte) as the bytes a system call takes. */
+export function bytes(name: string): Buffer {
+  return Buffer.from(name, 'latin1');
+}
+
 /**
- * A layer path for a relative overlay path. The root itself is `root/.`: `root` is a
- * /proc/self/fd magic link, which lstat would describe as a symlink.
+ * The real path of relative overlay path `rel` in a layer. The root itself is `root/.`:
+ * `root` is a /proc/self/fd magic link, which lstat would describe as a symlink.
  */
-export function layerPath(layer: Layer, rel: string): string {
-  return `${layer.root}/${rel === '' ? '.' : rel}`;
+export function layerPath(layer: Layer, rel: string): Buffer {
+  return Buffer.from(`${layer.root}/${rel === '' ? '.' : rel}`, 'latin1');
+}
+
+/** A real path and one more name below it. */
+export function childPath(dir: Buffer, name: string): Buffer {
+  const out = Buffer.allocUnsafe(dir.length + 1 + name.length);
+  dir.copy(out);
+  out[dir.length] = 0x2f;
+  out.write(name, dir.length + 1, 'latin1');
+  return out;
 }
 
 /** O_PATH | O_DIRECTORY: a handle on the directory itself, needing no read permission. */
@@ -74,7 +96,8 @@ export function openLayers(lowers: readonly string[], upper?: string, idmappedLo
       const fd = openSync(source, O_PATH_DIRECTORY);
       const isUpper = upper !== undefined && index === 0;
       const idmapped = !isUpper && (idmappedLowers ? idmappedLowers[index - first] === true : onIdmappedMount(fd));
-      layers.push({ index, root: `/proc/self/fd/${fd}`, source, upper: isUpper, dev: fstatSync(fd).dev, fd, idmapped });
+      const root = `/proc/self/fd/${fd}`;
+      layers.push({ index, root, source, upper: isUpper, dev: lstatx(`${root}/.`).dev, fd, idmapped });
     }
   } catch (err) {
     closeLayers(layers);

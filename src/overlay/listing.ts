@@ -3,9 +3,11 @@
  * and the names it whites out. Read once per directory and kept, so a lookup in a merged
  * directory costs a map probe per layer instead of several stat calls.
  */
-import { lstatSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { hasCode } from '../errors';
-import { isWhiteoutName, isWhiteoutStat, OPAQUE_WHITEOUT, whiteoutTarget } from './format';
+import { lstatxOrNull } from '../sys/stat';
+import { isWhiteout, isWhiteoutName, OPAQUE_WHITEOUT, whiteoutTarget } from './format';
+import { childPath } from './layer';
 
 export type EntryKind = 'dir' | 'other';
 
@@ -23,11 +25,11 @@ export function emptyListing(): LayerListing {
   return { entries: new Map(), whiteouts: new Set(), opaqueMarker: false };
 }
 
-/** Reads a layer directory; a directory that vanished or is not one contributes nothing. */
-export async function readListing(dir: string): Promise<LayerListing> {
+/** Reads a layer directory (names as byte strings); one that vanished or is not one contributes nothing. */
+export function readListing(dir: Buffer): LayerListing {
   let dirents;
   try {
-    dirents = readdirSync(dir, { withFileTypes: true });
+    dirents = readdirSync(dir, { withFileTypes: true, encoding: 'latin1' });
   } catch (err) {
     if (hasCode(err, 'ENOENT', 'ENOTDIR')) return emptyListing();
     throw err;
@@ -35,7 +37,6 @@ export async function readListing(dir: string): Promise<LayerListing> {
   const entries = new Map<string, EntryKind>();
   const whiteouts = new Set<string>();
   let opaqueMarker = false;
-  const unknown: string[] = [];
   for (const d of dirents) {
     const name = d.name;
     if (isWhiteoutName(name)) {
@@ -48,27 +49,13 @@ export async function readListing(dir: string): Promise<LayerListing> {
       entries.set(name, 'dir');
     } else if (d.isCharacterDevice() || !(d.isFile() || d.isSymbolicLink() || d.isFIFO() || d.isSocket() || d.isBlockDevice())) {
       // Character devices may be kernel whiteouts; DT_UNKNOWN needs a stat too.
-      unknown.push(name);
-      entries.set(name, 'other');
+      const st = lstatxOrNull(childPath(dir, name));
+      if (st === null) continue;
+      if (isWhiteout(st)) whiteouts.add(name);
+      else entries.set(name, (st.mode & 0o170000) === 0o040000 ? 'dir' : 'other');
     } else {
       entries.set(name, 'other');
     }
   }
-  await Promise.all(
-    unknown.map(async (name) => {
-      try {
-        const st = lstatSync(`${dir}/${name}`);
-        if (isWhiteoutStat(st)) {
-          entries.delete(name);
-          whiteouts.add(name);
-        } else if (st.isDirectory()) {
-          entries.set(name, 'dir');
-        }
-      } catch (err) {
-        if (!hasCode(err, 'ENOENT')) throw err;
-        entries.delete(name);
-      }
-    }),
-  );
   return { entries, whiteouts, opaqueMarker };
 }

@@ -1,18 +1,26 @@
 /**
- * The overlay filesystem's operations on overlay paths, independent of FUSE: each returns
- * plain data or throws an error carrying an errno (OvlError or Node's own).
+ * The overlay filesystem's operations, addressed by node (an overlay inode, see node.ts) and
+ * name, independent of FUSE. Each returns plain data or throws an error carrying an errno
+ * (OvlError or Node's own). An operation is synchronous unless it must copy or sync data:
+ * then it returns a promise.
  */
-import { closeSync, constants as fsc, lstatSync, openSync, readFileSync, readlinkSync, rmSync, promises as fsp } from 'node:fs';
-import { read as fsRead, close as fsClose, write as fsWrite, fsync as fsFsync, fdatasync as fsFdatasync, ftruncate as fsFtruncate } from 'node:fs';
+import { closeSync, constants as fsc, fdatasync as fsFdatasync, fsync as fsFsync, openSync, read as fsRead, readlinkSync, readFileSync, readSync, rmSync, statfsSync, writeSync } from 'node:fs';
 import { errorFor } from '../errors';
-import { lgetxattr, llistxattr } from '../sys/libc';
+import { fallocate, lgetxattr, llistxattr, seek } from '../sys/libc';
+import { fstatx, lstatx, type Stat } from '../sys/stat';
+import { setattr as setAttributes, removexattr as removeXattr, setxattr as setXattr, type AttrChanges } from './attributes';
+import { copyUp, copyUpDirChain, glibcDev } from './copy-up';
 import { isPrivateXattr } from './format';
+import { IdMap, type IdMapOptions } from './idmap';
 import { closeLayers, openLayers, type Layer } from './layer';
-import { OverlayTree, type OvlNode } from './tree';
-import { IdMap, NO_ID, type IdMapOptions } from './idmap';
+import type { OvlNode } from './node';
 import { StatOverrides, type XattrPermissions } from './stat-override';
+import { OverlayTree } from './tree';
 import { Workdir } from './workdir';
 import * as writes from './writes';
+
+export type { AttrChanges, TimeChange } from './attributes';
+export type { Owner } from './writes';
 
 export interface OverlayConfig {
   /** Lower directories, top first (absolute paths). */
@@ -21,7 +29,7 @@ export interface OverlayConfig {
   readonly upper?: string;
   /** Work directory, on the same filesystem as upper. */
   readonly work?: string;
-  /** Namespace of the opaque markers written: `trusted` (default) or `user` (userxattr, rootless). */
+  /** Namespace of the overlay's own xattrs written: `trusted` (default) or `user` (userxattr, rootless). */
   readonly xattrNamespace?: 'trusted' | 'user';
   /** Skip fsync of copied-up data and of fsync requests (the `volatile` option). */
   readonly volatile?: boolean;
@@ -60,30 +68,34 @@ function mayChown(): boolean {
 
 const ACL_XATTRS = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
-/** Attributes as the mount presents them. */
+/** Attributes as the mount presents them; times in seconds and nanoseconds. */
 export interface OvlStat {
+  ino: number;
   mode: number;
+  nlink: number;
   uid: number;
   gid: number;
+  rdevMajor: number;
+  rdevMinor: number;
   size: number;
-  nlink: number;
-  ino: number;
-  rdev: number;
-  blksize: number;
   blocks: number;
-  atimeMs: number;
-  mtimeMs: number;
-  ctimeMs: number;
+  blksize: number;
+  atime: number;
+  atimeNsec: number;
+  mtime: number;
+  mtimeNsec: number;
+  ctime: number;
+  ctimeNsec: number;
 }
 
-/** A new time in milliseconds, the current time, or no change. */
-export type TimeChange = number | 'now' | 'omit';
-
 export interface OvlDirEntry {
+  /** A byte string. */
   name: string;
   ino: number;
   /** File type bits (S_IFMT) only. */
   type: number;
+  /** The entry's node; null for `.` and `..`. */
+  node: OvlNode | null;
 }
 
 export interface OvlStatfs {
@@ -94,28 +106,22 @@ export interface OvlStatfs {
   bavail: number;
   files: number;
   ffree: number;
-  favail: number;
   namemax: number;
 }
 
 const ACCESS_WRITE_FLAGS = fsc.O_WRONLY | fsc.O_RDWR;
 const W_OK = 2;
-/** Flags passed on when opening a layer file; creation is the overlay's business. */
-const PASSED_OPEN_FLAGS = fsc.O_WRONLY | fsc.O_RDWR | fsc.O_APPEND | fsc.O_NONBLOCK | fsc.O_SYNC | fsc.O_DSYNC | fsc.O_TRUNC;
+/** renameat2 flags the kernel's overlay takes (RENAME_WHITEOUT it refuses with EINVAL). */
+export const RENAME_NOREPLACE = 1;
+export const RENAME_EXCHANGE = 2;
 
 function promised<T>(run: (cb: (err: NodeJS.ErrnoException | null, result?: T) => void) => void): Promise<T> {
   return new Promise((resolve, reject) => run((err, result) => (err ? reject(err) : resolve(result as T))));
 }
 
-/** libfuse 2 names an open file it unlinks `.fuse_hiddenXXXXXXXXYYYYYYYY` (see Overlay.hidden). */
-function isLibfuseHiddenName(path: string): boolean {
-  return /\/\.fuse_hidden[0-9a-f]{16}$/.test(path);
-}
-
-/** '/a/b/c' -> ['/a/b', 'c']. */
-function splitPath(path: string): [string, string] {
-  const i = path.lastIndexOf('/');
-  return [i <= 0 ? '/' : path.slice(0, i), path.slice(i + 1)];
+/** Runs `then` once `p` is done: at once when it was done at once. */
+function after<A, T>(p: A | Promise<A>, then: (a: A) => T): T | Promise<T> {
+  return p instanceof Promise ? p.then(then) : then(p);
 }
 
 export class Overlay {
@@ -132,10 +138,10 @@ export class Overlay {
     if (config.upper !== undefined && config.work === undefined) throw errorFor('EINVAL', 'upperdir needs a workdir');
     const layers = openLayers(config.lowers, config.upper, config.idmappedLowers);
     const ids = new IdMap(config.idmap);
+    const xattrNamespace = config.xattrNamespace ?? 'trusted';
     let work: Workdir | undefined;
     try {
-      const tree = new OverlayTree(layers);
-      await tree.root();
+      const tree = new OverlayTree(layers, xattrNamespace);
       let ctx: writes.WriteContext | null = null;
       // Without an upper there is nothing to record overrides in (and nothing to prepare).
       let overrides = StatOverrides.open(layers, 0);
@@ -143,7 +149,6 @@ export class Overlay {
         work = await Workdir.prepare(config.work, layers[0].dev);
         // Only once the workdir is ours: preparing the upper root writes to it.
         overrides = StatOverrides.open(layers, config.xattrPermissions ?? 0);
-        const xattrNamespace = config.xattrNamespace ?? 'trusted';
         ctx = {
           tree,
           upper: layers[0],
@@ -165,6 +170,10 @@ export class Overlay {
     }
   }
 
+  get root(): OvlNode {
+    return this.tree.root;
+  }
+
   get readOnly(): boolean {
     return this.writeContext === null;
   }
@@ -180,88 +189,89 @@ export class Overlay {
     return this.writeContext;
   }
 
-  /** The directory a new name goes in, and the name; EEXIST if the name is taken. */
-  private async freeName(path: string): Promise<[OvlNode, string]> {
-    const [dirPath, name] = splitPath(path);
-    const dir = await this.tree.resolve(dirPath);
-    if (!dir.isDir) throw errorFor('ENOTDIR', dirPath);
-    if (await dir.child(name, this.tree)) throw errorFor('EEXIST', path);
-    return [dir, name];
+  /** NAME in DIR; ENOENT if there is none. */
+  lookup(dir: OvlNode, name: string): OvlNode {
+    if (!dir.isDir) throw errorFor('ENOTDIR', dir.path);
+    if (dir.removed) throw errorFor('ENOENT', name);
+    const node = this.tree.child(dir, name);
+    if (node === null) throw errorFor('ENOENT', name);
+    return node;
   }
 
-  /**
-   * Files unlinked (or renamed over) while open, by their `.fuse_hidden*` names. libfuse 2
-   * renames such a file to a hidden name, keeps serving its open descriptors through that
-   * name, and unlinks it at the last close (unless hard_remove, which makes those
-   * descriptors fail). Here the hidden name never enters the upper layer: the entry leaves
-   * the merged view as an unlink does, and its data waits in the work directory.
-   */
-  private readonly hidden = new Map<string, OvlNode>();
-
-  private resolve(path: string): Promise<OvlNode> {
-    const h = this.hidden.get(path);
-    return h ? Promise.resolve(h) : this.tree.resolve(path);
+  /** A name that is free in DIR, for a new entry (EEXIST if it is taken). */
+  private freeName(dir: OvlNode, name: string): void {
+    if (!dir.isDir) throw errorFor('ENOTDIR', dir.path);
+    if (dir.removed) throw errorFor('ENOENT', name);
+    if (this.tree.child(dir, name)) throw errorFor('EEXIST', name);
   }
 
-  async getattr(path: string): Promise<OvlStat> {
-    const node = await this.resolve(path);
-    const st = await this.statOf(node);
-    // libfuse 2 answers for a hidden file with one link fewer than we say, standing in for
-    // the unlinked name. A lower file loses no link (the kernel shows all of them), so the
-    // one libfuse takes away is added here.
-    if (this.hidden.get(path) === node && !node.layer.upper) st.nlink += 1;
-    return st;
+  /** The new entry NAME in DIR, just made. */
+  private made(dir: OvlNode, name: string): OvlNode {
+    const node = this.tree.child(dir, name);
+    if (node === null) throw errorFor('EIO', `${name} vanished as it was made`);
+    return node;
   }
 
-  /**
-   * Checks that a directory can be listed. The listing itself is taken at each readdir:
-   * libfuse 2 reads a whole directory at its first readdir and serves the rest of that
-   * open from its own copy, so no handle of ours is needed.
-   */
-  async opendir(path: string): Promise<void> {
-    const dir = await this.tree.resolve(path);
-    if (!dir.isDir) throw errorFor('ENOTDIR', path);
+  getattr(node: OvlNode): OvlStat {
+    return this.statOf(node);
   }
 
-  async readdir(path: string): Promise<OvlDirEntry[]> {
-    const dir = await this.tree.resolve(path);
-    if (!dir.isDir) throw errorFor('ENOTDIR', path);
-    const names = await this.mergedNames(dir);
-    const nodes = await Promise.all(names.map((name) => dir.child(name, this.tree)));
-    const parent = dir.parent ?? dir;
-    const entries: OvlDirEntry[] = [
-      { name: '.', ino: dir.ino, type: dir.type },
-      { name: '..', ino: parent.ino, type: parent.type },
-    ];
-    nodes.forEach((node, i) => {
-      // A name can vanish between listing and lookup only if a layer changed under the mount.
-      if (node) entries.push({ name: names[i], ino: node.ino, type: node.type });
-    });
-    return entries;
+  readlink(node: OvlNode): Buffer {
+    if ((node.type & 0o170000) !== 0o120000) throw errorFor('EINVAL', node.path);
+    return readlinkSync(node.realPath, { encoding: 'buffer' });
   }
 
-  async readlink(path: string): Promise<string> {
-    const node = await this.resolve(path);
-    return readlinkSync(node.realPath);
-  }
-
-  /** Opens a file for I/O and returns its descriptor, used as the FUSE file handle. */
-  async open(path: string, flags: number): Promise<number> {
-    const node = await this.resolve(path);
+  /** Opens a file for I/O and returns its descriptor (the FUSE file handle); writers copy up first. */
+  open(node: OvlNode, flags: number): number | Promise<number> {
+    if (node.isDir) throw errorFor('EISDIR', node.path);
     const truncating = (flags & fsc.O_TRUNC) !== 0;
-    if ((flags & ACCESS_WRITE_FLAGS) !== 0 || truncating) await writes.openForWrite(this.ctx, node, truncating);
-    // Synchronous, so that no copy-up can land between the open and the bookkeeping below.
-    const passed = (flags & PASSED_OPEN_FLAGS) | fsc.O_NOFOLLOW;
+    if ((flags & ACCESS_WRITE_FLAGS) === 0 && !truncating) return this.openNow(node, flags);
+    // O_TRUNC spares copying data that would be dropped.
+    return after(copyUp(this.ctx, node, { data: !truncating }), () => this.openNow(node, flags));
+  }
+
+  /** Synchronous, so that no copy-up can land between the open and the bookkeeping below. */
+  private openNow(node: OvlNode, flags: number): number {
+    const passed = (flags & writes.PASSED_OPEN_FLAGS) | fsc.O_NOFOLLOW;
     const fd = openSync(node.realPath, passed);
-    if (!node.layer.upper && node.detachedAt === undefined) {
-      node.lowerFds.set(fd, passed);
-      this.lowerFdNodes.set(fd, node);
-    }
+    this.opened(node, fd, passed);
     return fd;
   }
 
-  /** The lower-layer entries of open descriptors, to forget them at release. */
-  private readonly lowerFdNodes = new Map<number, OvlNode>();
+  private readonly fdNodes = new Map<number, OvlNode>();
+
+  /** The node a descriptor of `open`/`create` is open on. */
+  nodeOf(fd: number): OvlNode | undefined {
+    return this.fdNodes.get(fd);
+  }
+
+  private opened(node: OvlNode, fd: number, flags: number): void {
+    node.fds.add(fd);
+    this.fdNodes.set(fd, node);
+    if (!node.layer.upper && !node.detachedAt) node.lowerFds.set(fd, flags);
+  }
+
+  /** Closes a descriptor of `open`/`create`. */
+  release(fd: number): void {
+    const node = this.fdNodes.get(fd);
+    this.fdNodes.delete(fd);
+    closeSync(fd);
+    if (!node) return;
+    node.fds.delete(fd);
+    node.lowerFds.delete(fd);
+    if (node.lookups === 0) this.forget(node);
+  }
+
+  /**
+   * Nothing refers to `node` any more (the kernel forgot it, no descriptor is open): a
+   * removed file's data can go.
+   */
+  forget(node: OvlNode): void {
+    if (node.fds.size > 0 || node.lookups > 0 || !node.removed || !node.detachedAt) return;
+    rmSync(node.detachedAt, { force: true });
+    node.detachedAt = undefined;
+    this.tree.upperGone(node);
+  }
 
   /**
    * The stored owner of an entry made by a caller with these ids (as seen through the mount):
@@ -271,179 +281,149 @@ export class Overlay {
     return { uid: this.ids.storedUid(uid), gid: this.ids.storedGid(gid) };
   }
 
+  storedUid(uid: number): number {
+    return this.ids.storedUid(uid);
+  }
+
+  storedGid(gid: number): number {
+    return this.ids.storedGid(gid);
+  }
+
   /**
    * create, mknod, mkdir and symlink give the new entry `owner` (stored ids; see storedOwner),
    * or the gid of a set-group-ID parent, where this process may chown; without an owner the
    * entry is this process's.
    */
-  async create(path: string, mode: number, owner?: writes.Owner): Promise<number> {
+  create(dir: OvlNode, name: string, mode: number, flags: number, owner?: writes.Owner): { node: OvlNode; fd: number } {
     const ctx = this.ctx;
-    const [dir, name] = await this.freeName(path);
-    return writes.create(ctx, dir, name, mode, owner);
+    this.freeName(dir, name);
+    const fd = writes.create(ctx, dir, name, mode, flags, owner);
+    let node: OvlNode;
+    try {
+      node = this.made(dir, name);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+    this.opened(node, fd, flags);
+    return { node, fd };
   }
 
-  async mknod(path: string, mode: number, rdev: number, owner?: writes.Owner): Promise<void> {
+  /** mknod; `rdev` as its major and minor numbers. */
+  mknod(dir: OvlNode, name: string, mode: number, major: number, minor: number, owner?: writes.Owner): OvlNode {
     const ctx = this.ctx;
-    const [dir, name] = await this.freeName(path);
-    writes.mknodAt(ctx, dir, name, mode, rdev, owner);
+    this.freeName(dir, name);
+    writes.mknodAt(ctx, dir, name, mode, glibcDev(major, minor), owner);
+    return this.made(dir, name);
   }
 
-  async mkdir(path: string, mode: number, owner?: writes.Owner): Promise<void> {
+  mkdir(dir: OvlNode, name: string, mode: number, owner?: writes.Owner): OvlNode {
     const ctx = this.ctx;
-    const [dir, name] = await this.freeName(path);
+    this.freeName(dir, name);
     writes.mkdirAt(ctx, dir, name, mode, owner);
+    return this.made(dir, name);
   }
 
-  async symlink(target: string, path: string, owner?: writes.Owner): Promise<void> {
+  symlink(dir: OvlNode, name: string, target: Buffer, owner?: writes.Owner): OvlNode {
     const ctx = this.ctx;
-    const [dir, name] = await this.freeName(path);
+    this.freeName(dir, name);
     writes.symlinkAt(ctx, dir, name, target, owner);
+    return this.made(dir, name);
   }
 
-  async link(from: string, to: string): Promise<void> {
+  link(node: OvlNode, dir: OvlNode, name: string): OvlNode | Promise<OvlNode> {
     const ctx = this.ctx;
-    const src = await this.tree.resolve(from);
-    const [dir, name] = await this.freeName(to);
-    await writes.linkAt(ctx, src, dir, name);
+    if (node.isDir) throw errorFor('EPERM', 'hard link to a directory');
+    writes.checkNewName(name);
+    this.freeName(dir, name);
+    return after(copyUp(ctx, node), () => {
+      // The name may have been taken while the data was copied.
+      this.freeName(dir, name);
+      writes.linkAt(ctx, node, dir, name);
+      return node;
+    });
   }
 
-  async unlink(path: string): Promise<void> {
+  unlink(dir: OvlNode, name: string): void {
     const ctx = this.ctx;
-    const hidden = this.hidden.get(path);
-    if (hidden) {
-      this.hidden.delete(path);
-      if (hidden.layer.upper) rmSync(hidden.realPath, { force: true });
-      return;
+    const node = this.lookup(dir, name);
+    if (node.isDir) throw errorFor('EISDIR', name);
+    writes.remove(ctx, dir, name, node);
+  }
+
+  rmdir(dir: OvlNode, name: string): void {
+    const ctx = this.ctx;
+    const node = this.lookup(dir, name);
+    if (!node.isDir) throw errorFor('ENOTDIR', name);
+    if (node === this.root) throw errorFor('EBUSY', name);
+    if (this.mergedNames(node).length > 0) throw errorFor('ENOTEMPTY', name);
+    writes.remove(ctx, dir, name, node);
+  }
+
+  /** rename(2) and renameat2(2) with RENAME_NOREPLACE or RENAME_EXCHANGE, checked in the kernel's overlay's order. */
+  rename(dir: OvlNode, name: string, newDir: OvlNode, newName: string, flags = 0): void | Promise<void> {
+    const ctx = this.ctx;
+    if ((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) !== 0 || (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE)) throw errorFor('EINVAL', 'rename flags');
+    const src = this.lookup(dir, name);
+    if (src === this.root) throw errorFor('EBUSY', name);
+    writes.checkNewName(newName);
+    if (!newDir.isDir) throw errorFor('ENOTDIR', newDir.path);
+    if (newDir.removed) throw errorFor('ENOENT', newName);
+    const dst = this.tree.child(newDir, newName);
+    if (flags & RENAME_EXCHANGE) {
+      if (!dst) throw errorFor('ENOENT', newName);
+      if (dst === src) return;
+      if ((src.isDir && !writes.canMoveDir(src)) || (dst.isDir && !writes.canMoveDir(dst))) throw errorFor('EXDEV', name);
+      const swap = (): void => {
+        copyUpDirChain(ctx, dir);
+        copyUpDirChain(ctx, newDir);
+        writes.exchange(ctx, dir, name, src, newDir, newName, dst);
+      };
+      const copying = copyUp(ctx, src);
+      if (copying) return copying.then(() => copyUp(ctx, dst)).then(swap);
+      const second = copyUp(ctx, dst);
+      return second ? second.then(swap) : swap();
     }
-    const node = await this.tree.resolve(path);
-    if (node.isDir) throw errorFor('EISDIR', path);
-    await writes.remove(ctx, node.parent!, node);
-  }
-
-  async rmdir(path: string): Promise<void> {
-    const ctx = this.ctx;
-    const node = await this.tree.resolve(path);
-    if (!node.isDir) throw errorFor('ENOTDIR', path);
-    if (node.parent === null) throw errorFor('EBUSY', path);
-    if ((await this.mergedNames(node)).length > 0) throw errorFor('ENOTEMPTY', path);
-    await writes.remove(ctx, node.parent, node);
-  }
-
-  async rename(from: string, to: string): Promise<void> {
-    const ctx = this.ctx;
-    const src = await this.tree.resolve(from);
-    if (src.parent === null) throw errorFor('EBUSY', from);
-    if (isLibfuseHiddenName(to) && !src.isDir) {
-      src.detachedAt = await writes.remove(ctx, src.parent, src, true);
-      this.hidden.set(to, src);
-      return;
-    }
-    const [dirPath, name] = splitPath(to);
-    const dstDir = await this.tree.resolve(dirPath);
-    if (!dstDir.isDir) throw errorFor('ENOTDIR', dirPath);
-    const dst = await dstDir.child(name, this.tree);
+    if (dst && flags & RENAME_NOREPLACE) throw errorFor('EEXIST', newName);
     if (dst === src) return;
     if (dst) {
-      if (src.isDir && !dst.isDir) throw errorFor('ENOTDIR', to);
-      if (!src.isDir && dst.isDir) throw errorFor('EISDIR', to);
-      // Two names of one upper file: rename does nothing (POSIX). Lower hard links are
-      // different files to the overlay (a copy-up would split them), as in the kernel.
-      if (!src.isDir && dst.ino === src.ino && src.layer.upper && dst.layer.upper) return;
+      if (src.isDir && !dst.isDir) throw errorFor('ENOTDIR', newName);
+      if (!src.isDir && dst.isDir) throw errorFor('EISDIR', newName);
     }
-    if (src.isDir && !writes.canMoveDir(src)) throw errorFor('EXDEV', from);
-    if (dst && dst.isDir && (await this.mergedNames(dst)).length > 0) throw errorFor('ENOTEMPTY', to);
-    await writes.rename(ctx, src, dstDir, name, dst);
-    if (src.isDir) this.moveHidden(from, to);
+    if (src.isDir && !writes.canMoveDir(src)) throw errorFor('EXDEV', name);
+    if (dst && dst.isDir && this.mergedNames(dst).length > 0) throw errorFor('ENOTEMPTY', newName);
+    return after(copyUp(ctx, src), () => {
+      // While data was copied, the target may have changed: the rename takes what is there now.
+      const now = this.tree.child(newDir, newName);
+      if (now && now !== dst) throw errorFor('EEXIST', newName);
+      writes.rename(ctx, dir, name, src, newDir, newName, dst);
+    });
   }
 
-  /** libfuse 2 names a hidden file by its directory's path: that changes when the directory moves. */
-  private moveHidden(fromDir: string, toDir: string): void {
-    const prefix = `${fromDir}/`;
-    for (const [path, node] of [...this.hidden]) {
-      if (!path.startsWith(prefix)) continue;
-      this.hidden.delete(path);
-      this.hidden.set(`${toDir}/${path.slice(prefix.length)}`, node);
-    }
+  /** setattr; `fd` when it came through an open descriptor (ftruncate). */
+  setattr(node: OvlNode, changes: AttrChanges, fd?: number): void | Promise<void> {
+    return setAttributes(this.ctx, node, changes, fd);
   }
 
-  async truncate(path: string, size: number): Promise<void> {
-    await writes.truncate(this.ctx, await this.resolve(path), size);
-  }
-
-  async chmod(path: string, mode: number): Promise<void> {
-    await writes.chmod(this.ctx, await this.resolve(path), mode);
-  }
-
-  async chown(path: string, uid: number, gid: number): Promise<void> {
-    const storedUid = uid === NO_ID ? uid : this.ids.storedUid(uid);
-    const storedGid = gid === NO_ID ? gid : this.ids.storedGid(gid);
-    await writes.chown(this.ctx, await this.resolve(path), storedUid, storedGid);
-  }
-
-  async utimens(path: string, atime: TimeChange, mtime: TimeChange): Promise<void> {
-    await writes.utimens(this.ctx, await this.resolve(path), atime, mtime);
-  }
-
-  async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
+  setxattr(node: OvlNode, name: string, value: Buffer, flags: number): void | Promise<void> {
     this.checkXattrsOn();
     this.checkAcl(name);
-    await writes.setxattr(this.ctx, await this.resolve(path), name, value, flags);
+    return setXattr(this.ctx, node, name, value, flags);
   }
 
-  async removexattr(path: string, name: string): Promise<void> {
-    await writes.removexattr(this.ctx, await this.resolve(path), name);
+  removexattr(node: OvlNode, name: string): void | Promise<void> {
+    return removeXattr(this.ctx, node, name);
   }
 
-  write(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
-    return promised((cb) => fsWrite(fd, buf, 0, length, position, cb));
-  }
-
-  ftruncate(fd: number, size: number): Promise<void> {
-    return promised((cb) => fsFtruncate(fd, size, cb));
-  }
-
-  fsync(fd: number, datasync: boolean): Promise<void> {
-    if (this.config.volatile) return Promise.resolve();
-    return promised((cb) => (datasync ? fsFdatasync : fsFsync)(fd, cb));
-  }
-
-  /**
-   * fsync of a directory's upper copy, where its entries live once changed; a directory
-   * with no upper copy has had no change through the mount, so there is nothing to sync.
-   */
-  async fsyncdir(path: string, datasync: boolean): Promise<void> {
-    const node = await this.resolve(path);
-    if (!node.isDir) throw errorFor('ENOTDIR', path);
-    if (this.config.volatile || !node.layer.upper) return;
-    const fd = openSync(node.realPath, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
-    try {
-      await this.fsync(fd, datasync);
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  read(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
-    return promised((cb) => fsRead(fd, buf, 0, length, position, cb));
-  }
-
-  release(fd: number): Promise<void> {
-    this.lowerFdNodes.get(fd)?.lowerFds.delete(fd);
-    this.lowerFdNodes.delete(fd);
-    return promised((cb) => fsClose(fd, cb));
-  }
-
-  async getxattr(path: string, name: string): Promise<Buffer> {
+  getxattr(node: OvlNode, name: string): Buffer {
     this.checkXattrsOn();
-    const node = await this.resolve(path);
     this.checkAcl(name);
     if (isPrivateXattr(name)) throw errorFor('ENODATA', name);
     return lgetxattr(node.realPath, name);
   }
 
-  async listxattr(path: string): Promise<string[]> {
+  listxattr(node: OvlNode): string[] {
     this.checkXattrsOn();
-    const node = await this.resolve(path);
     return llistxattr(node.realPath).filter((name) => !isPrivateXattr(name) && !(this.config.noacl && ACL_XATTRS.has(name)));
   }
 
@@ -456,32 +436,78 @@ export class Overlay {
     if (this.config.noacl && ACL_XATTRS.has(name)) throw errorFor('EOPNOTSUPP', name);
   }
 
-  async access(path: string, mode: number): Promise<void> {
-    await this.resolve(path);
-    if ((mode & W_OK) !== 0 && this.readOnly) throw errorFor('EROFS', path);
+  read(fd: number, into: Buffer, length: number, position: number): number {
+    return readSync(fd, into, 0, length, position);
   }
 
-  async statfs(): Promise<OvlStatfs> {
-    const st = await fsp.statfs(this.layers[0].root);
-    return {
-      bsize: st.bsize,
-      frsize: st.bsize,
-      blocks: st.blocks,
-      bfree: st.bfree,
-      bavail: st.bavail,
-      files: st.files,
-      ffree: st.ffree,
-      favail: st.ffree,
-      namemax: 255,
-    };
+  /** A read in the thread pool, for reads long enough to hold up other requests. */
+  readAsync(fd: number, into: Buffer, length: number, position: number): Promise<number> {
+    return promised((cb) => fsRead(fd, into, 0, length, position, cb));
+  }
+
+  write(fd: number, data: Buffer, position: number): number {
+    return writeSync(fd, data, 0, data.length, position);
+  }
+
+  fsync(fd: number, datasync: boolean): void | Promise<void> {
+    if (this.config.volatile) return;
+    return promised((cb) => (datasync ? fsFdatasync : fsFsync)(fd, cb));
+  }
+
+  fallocate(fd: number, mode: number, offset: number, length: number): void {
+    fallocate(fd, mode, offset, length);
+  }
+
+  /** lseek for SEEK_DATA and SEEK_HOLE (the kernel answers the others itself). */
+  lseek(fd: number, offset: number, whence: number): number {
+    return seek(fd, offset, whence);
+  }
+
+  /**
+   * Lists a directory as readdir shows it: `.`, `..`, then the union of its layers minus
+   * whiteouts, in one stable order (top layer first).
+   */
+  listDir(dir: OvlNode): OvlDirEntry[] {
+    if (!dir.isDir) throw errorFor('ENOTDIR', dir.path);
+    const parent = dir.parent ?? dir;
+    const entries: OvlDirEntry[] = [
+      { name: '.', ino: dir.ino, type: dir.type, node: null },
+      { name: '..', ino: parent.ino, type: parent.type, node: null },
+    ];
+    if (dir.removed) return entries;
+    for (const name of this.mergedNames(dir)) {
+      // A name can vanish between listing and lookup only if a layer changed under the mount.
+      const node = this.tree.child(dir, name);
+      if (node) entries.push({ name, ino: node.ino, type: node.type, node });
+    }
+    return entries;
+  }
+
+  /**
+   * fsync of a directory's upper copy, where its entries live once changed; a directory
+   * with no upper copy has had no change through the mount, so there is nothing to sync.
+   */
+  fsyncdir(node: OvlNode, datasync: boolean): void | Promise<void> {
+    if (!node.isDir) throw errorFor('ENOTDIR', node.path);
+    if (this.config.volatile || !node.layer.upper || node.removed) return;
+    const fd = openSync(node.realPath, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+    return promised<void>((cb) => (datasync ? fsFdatasync : fsFsync)(fd, cb)).finally(() => closeSync(fd));
+  }
+
+  access(_node: OvlNode, mode: number): void {
+    if ((mode & W_OK) !== 0 && this.readOnly) throw errorFor('EROFS');
+  }
+
+  statfs(): OvlStatfs {
+    const st = statfsSync(`${this.layers[0].root}/.`);
+    return { bsize: st.bsize, frsize: st.bsize, blocks: st.blocks, bfree: st.bfree, bavail: st.bavail, files: st.files, ffree: st.ffree, namemax: 255 };
   }
 
   /** Names visible in a merged directory: the union of its layers, minus whiteouts. */
-  private async mergedNames(dir: OvlNode): Promise<string[]> {
-    const listings = await dir.listings();
+  private mergedNames(dir: OvlNode): string[] {
     const seen = new Set<string>();
     const names: string[] = [];
-    for (const listing of listings) {
+    for (const listing of dir.listings()) {
       for (const name of listing.entries.keys()) {
         if (!seen.has(name)) {
           seen.add(name);
@@ -494,27 +520,40 @@ export class Overlay {
     return names;
   }
 
-  private async statOf(node: OvlNode): Promise<OvlStat> {
-    // Nanoseconds as integers: the float st.mtimeMs rounds .9999999 s up to the next second.
-    const st = lstatSync(node.realPath, { bigint: true });
-    const ms = (ns: bigint) => Number(ns / 1_000_000n);
-    const override = this.overrides.override(node.layer, node.realPath, Number(st.mode));
-    const attrs = override ?? { uid: Number(st.uid), gid: Number(st.gid), mode: Number(st.mode) };
+  /** What stat says of the node's real file, or of what is left of it once removed. */
+  private realStat(node: OvlNode): Stat {
+    if (!node.removed || !node.layer.upper) return lstatx(node.realPath);
+    // A removed upper file keeps its data at a second name while open: that name is no link of the file's own.
+    if (node.detachedAt) return { ...lstatx(node.detachedAt), nlink: 0 };
+    for (const fd of node.fds) return fstatx(fd);
+    if (node.lastStat) return node.lastStat;
+    throw errorFor('ENOENT', node.path);
+  }
+
+  private statOf(node: OvlNode): OvlStat {
+    const st = this.realStat(node);
+    const override = node.removed && node.layer.upper && !node.detachedAt ? null : this.overrides.override(node.layer, node.realPath, st.mode);
+    const attrs = override ?? { uid: st.uid, gid: st.gid, mode: st.mode };
     // A lower on an id-mapped mount gives the ids to show; its overrides give stored ones.
     const alreadyShown = override === null && node.layer.idmapped;
     return {
+      ino: node.ino,
       mode: attrs.mode,
       uid: this.ids.shownUid(attrs.uid, alreadyShown),
       gid: this.ids.shownGid(attrs.gid, alreadyShown),
-      size: Number(st.size),
-      nlink: node.isMergedDir || (node.isDir && this.config.staticNlink) ? 1 : Number(st.nlink),
-      ino: node.ino,
-      rdev: Number(st.rdev),
-      blksize: Number(st.blksize),
-      blocks: Number(st.blocks),
-      atimeMs: ms(st.atimeNs),
-      mtimeMs: ms(st.mtimeNs),
-      ctimeMs: ms(st.ctimeNs),
+      nlink: node.isDir && (node.isMergedDir || this.config.staticNlink) && st.nlink > 0 ? 1 : st.nlink,
+      rdevMajor: st.rdevMajor,
+      rdevMinor: st.rdevMinor,
+      size: st.size,
+      blocks: st.blocks,
+      blksize: st.blksize,
+      atime: st.atime,
+      atimeNsec: st.atimeNsec,
+      mtime: st.mtime,
+      mtimeNsec: st.mtimeNsec,
+      ctime: st.ctime,
+      ctimeNsec: st.ctimeNsec,
     };
   }
 }
+

@@ -10,10 +10,12 @@
  * are shown with the owner and mode of their xattr; new entries of the upper layer record
  * theirs there, and their real mode then lets the mounter in.
  */
-import { chmodSync, lstatSync } from 'node:fs';
+import { chmodSync } from 'node:fs';
 import { scanInt } from '../c-numbers';
 import { errorFor, hasCode } from '../errors';
+import type { PathArg } from '../sys/ffi';
 import { lgetxattrOrNull, lsetxattr } from '../sys/libc';
+import { lstatx } from '../sys/stat';
 import { layerPath, type Layer } from './layer';
 
 export const OVERRIDE_PRIVILEGED = 'security.fuseoverlayfs.override_stat';
@@ -99,7 +101,7 @@ export class StatOverrides {
   }
 
   /** The stored owner and mode of the entry at `path` in `layer`: its override where the layer keeps them. */
-  stored(layer: Layer, path: string, real: Attrs): Attrs {
+  stored(layer: Layer, path: PathArg, real: Attrs): Attrs {
     return this.override(layer, path, real.mode) ?? real;
   }
 
@@ -107,14 +109,14 @@ export class StatOverrides {
    * The owner and mode in the override of the entry at `path` (of type `realMode`'s), or null
    * where it has none. Its ids are stored ones even on an id-mapped mount, which maps no xattr.
    */
-  override(layer: Layer, path: string, realMode: number): Attrs | null {
+  override(layer: Layer, path: PathArg, realMode: number): Attrs | null {
     const name = this.names[layer.index];
     if (!name) return null;
     const value = lgetxattrOrNull(path, name);
     // An entry without one (made before the layer got overrides, or a symlink) shows its own.
     if (value === null) return null;
     const o = parseOverride(value.toString('latin1'));
-    if (!o) throw errorFor('EINVAL', `${path}: unreadable ${name}`);
+    if (!o) throw errorFor('EINVAL', `${typeof path === 'string' ? path : path.toString('latin1')}: unreadable ${name}`);
     return { uid: o.uid, gid: o.gid, mode: (realMode & S_IFMT) | o.perms };
   }
 
@@ -124,7 +126,7 @@ export class StatOverrides {
    * user.* xattr on a symlink or special file, which Linux refuses): the caller then changes
    * the real ones, as fuse-overlayfs does for symlinks.
    */
-  record(path: string, attrs: Attrs): boolean {
+  record(path: PathArg, attrs: Attrs): boolean {
     if (this.upperName === null) return false;
     const isLink = (attrs.mode & S_IFMT) === S_IFLNK;
     if (isLink) return false;
@@ -140,14 +142,14 @@ export class StatOverrides {
   }
 
   /** The stored attributes of an upper entry as they are now (override or real). */
-  current(upper: Layer, path: string): Attrs {
-    const st = lstatSync(path);
+  current(upper: Layer, path: PathArg): Attrs {
+    const st = lstatx(path);
     return this.stored(upper, path, { uid: st.uid, gid: st.gid, mode: st.mode });
   }
 }
 
 /** The upper root's first override: a lower root's (same name, or containers/storage's for user.*), else its real attributes. */
-function rootOverride(lowers: readonly Layer[], name: string, upperRoot: string): Buffer {
+function rootOverride(lowers: readonly Layer[], name: string, upperRoot: Buffer): Buffer {
   const candidates = name === OVERRIDE_USER ? [name, OVERRIDE_CONTAINERS] : [name];
   for (const lower of lowers) {
     for (const candidate of candidates) {
@@ -155,6 +157,6 @@ function rootOverride(lowers: readonly Layer[], name: string, upperRoot: string)
       if (value !== null) return value;
     }
   }
-  const st = lstatSync(upperRoot);
+  const st = lstatx(upperRoot);
   return Buffer.from(formatOverride({ uid: st.uid, gid: st.gid, mode: st.mode }));
 }

@@ -1,6 +1,6 @@
 /**
- * The merged tree: which layer(s) each overlay path comes from, resolved the way kernel
- * overlayfs resolves it, and kept in memory so a path is resolved once per mount.
+ * The merged tree: which layer(s) each name comes from, resolved the way kernel overlayfs
+ * resolves it, and kept in memory so a name is resolved once per mount.
  *
  * Lookup of NAME in a merged directory walks the directory's layers top-down:
  *  - a whiteout for NAME (char 0/0 device or `.wh.NAME`) in a layer hides NAME below it;
@@ -10,206 +10,139 @@
  * Lower layers never change while mounted; the upper one changes only through this module,
  * which keeps the cache in step.
  *
- * Metadata calls (lstat, readdir, readlink) are synchronous here and in overlay.ts: on a local
- * filesystem they take microseconds, while a trip through libuv's thread pool added about
- * 0.2 ms to every FUSE request (a `find` walk of 5000 files: 2.1 s async, 1.2 s sync).
- * File data is read asynchronously.
+ * Every call here is synchronous: on a local filesystem a metadata call takes microseconds,
+ * less than a trip through libuv's thread pool would add to it.
  */
-import { lstatSync, type Stats } from 'node:fs';
-import { errorFor, hasCode } from '../errors';
+import { errorFor } from '../errors';
 import { lgetxattrOrNull } from '../sys/libc';
+import { lstatx, lstatxOrNull, type Stat } from '../sys/stat';
 import { isOpaqueValue, OPAQUE_WHITEOUT, OPAQUE_XATTRS } from './format';
-import { InodeTable } from './inodes';
-import { layerPath, type Layer } from './layer';
-import { emptyListing, readListing, type LayerListing } from './listing';
+import { InodeNumbers, originInoXattr, parseOriginIno } from './inodes';
+import { childPath, layerPath, type Layer } from './layer';
+import type { LayerListing } from './listing';
+import { OvlNode } from './node';
 
 const S_IFMT = 0o170000;
+const S_IFDIR = 0o040000;
+/** The longest name a directory entry may have (NAME_MAX). */
+const NAME_MAX = 255;
 
-export class OvlNode {
-  /** Lookups done in this directory: a node, or null for a name known not to exist. */
-  readonly children = new Map<string, OvlNode | null>();
-  private readonly pending = new Map<string, Promise<OvlNode | null>>();
-  private listingsLoad?: Promise<LayerListing[]>;
-  private loaded?: LayerListing[];
-  /** Set once the entry is unlinked or replaced: work still in flight on it must not land. */
-  removed = false;
-  /** A copy-up in progress, which later writers wait for instead of starting their own. */
-  copyUp?: Promise<void>;
-  /**
-   * Descriptors opened on this file while it was in a lower layer (descriptor -> open flags).
-   * A copy-up points them at the upper copy, as the kernel's overlay reopens its real file:
-   * reads through them then see later writes.
-   */
-  readonly lowerFds = new Map<number, number>();
-
-  constructor(
-    public name: string,
-    public parent: OvlNode | null,
-    /** Topmost layer holding the entry: where its attributes and data come from. */
-    public layer: Layer,
-    /** Directories only: the layers merged into it, top first, cut at an opaque one. */
-    public dirLayers: readonly Layer[],
-    /** File type bits (S_IFMT) of the entry. */
-    public type: number,
-    public ino: number,
-  ) {}
-
-  get isDir(): boolean {
-    return this.dirLayers.length > 0;
-  }
-
-  /** Relative overlay path, '' for the root. */
-  get path(): string {
-    if (this.parent === null) return '';
-    const parentPath = this.parent.path;
-    return parentPath === '' ? this.name : `${parentPath}/${this.name}`;
-  }
-
-  /** Where an entry that left the tree while still open keeps its data (see Overlay.hide). */
-  detachedAt?: string;
-
-  /** The real path of the entry in its topmost layer. */
-  get realPath(): string {
-    return this.detachedAt ?? layerPath(this.layer, this.path);
-  }
-
-  /** A merged directory (contents from more than one layer) reports nlink 1, as the kernel does. */
-  get isMergedDir(): boolean {
-    return this.dirLayers.length > 1;
-  }
-
-  /** The listings of this directory's layers, read once. */
-  listings(): Promise<LayerListing[]> {
-    if (!this.listingsLoad) {
-      const rel = this.path;
-      const load = Promise.all(this.dirLayers.map((l) => readListing(layerPath(l, rel))));
-      this.listingsLoad = load;
-      // A copy-up may replace the layer set meanwhile: only the current load counts.
-      load.then(
-        (ls) => { if (this.listingsLoad === load) this.loaded = ls; },
-        // A failed read must not stick: the next caller tries again.
-        () => { if (this.listingsLoad === load) this.listingsLoad = undefined; },
-      );
-    }
-    return this.listingsLoad;
-  }
-
-  /** The upper layer's listing of this directory, once loaded (undefined if not in upper). */
-  upperListing(): LayerListing | undefined {
-    return this.dirLayers[0]?.upper ? this.loaded?.[0] : undefined;
-  }
-
-  /** After a copy-up of this directory: the upper layer now merges into it, on top. */
-  prependUpper(upper: Layer): void {
-    this.dirLayers = [upper, ...this.dirLayers];
-    this.layer = upper;
-    if (this.loaded) {
-      this.loaded = [emptyListing(), ...this.loaded];
-      this.listingsLoad = Promise.resolve(this.loaded);
-    } else {
-      this.listingsLoad = undefined;
-    }
-  }
-
-  /** No ancestor (nor the node itself) was removed: it still has a place in the tree. */
-  get attached(): boolean {
-    for (let n: OvlNode | null = this; n !== null; n = n.parent) if (n.removed) return false;
-    return true;
-  }
-
-  /** Resolves one name in this directory, at most once however many callers ask at a time. */
-  child(name: string, tree: OverlayTree): Promise<OvlNode | null> {
-    const known = this.children.get(name);
-    if (known !== undefined) return Promise.resolve(known);
-    let p = this.pending.get(name);
-    if (!p) {
-      p = tree.lookupChild(this, name).then(
-        (node) => {
-          this.children.set(name, node);
-          this.pending.delete(name);
-          return node;
-        },
-        (err) => {
-          this.pending.delete(name);
-          throw err;
-        },
-      );
-      this.pending.set(name, p);
-    }
-    return p;
-  }
+/** The real file an entry is: every name of one upper file has the same identity. */
+export function identityOf(st: Stat): string {
+  return `${st.dev}:${st.inoHigh}:${st.inoLow}`;
 }
 
 export class OverlayTree {
-  readonly inodes = new InodeTable();
-  private rootNode?: OvlNode;
+  readonly inodes: InodeNumbers;
+  readonly root: OvlNode;
+  /** Upper non-directories by identity, so that every name of one upper file is one node. */
+  private readonly uppers = new Map<string, OvlNode>();
 
-  constructor(readonly layers: readonly Layer[]) {}
-
-  async root(): Promise<OvlNode> {
-    if (!this.rootNode) {
-      const top = this.layers[0];
-      const st = lstatSync(layerPath(top, ''));
-      this.inodes.pinRoot(st.dev, st.ino);
-      // As in the kernel, the root merges every layer: an opaque mark on a layer root is ignored.
-      this.rootNode = new OvlNode('', null, top, this.layers, st.mode & S_IFMT, this.inodes.numberOf(st.dev, st.ino));
-    }
-    return this.rootNode;
+  constructor(readonly layers: readonly Layer[], private readonly namespace: 'trusted' | 'user' = 'trusted') {
+    this.inodes = new InodeNumbers(layers.map((l) => l.dev));
+    const top = layers[0];
+    const st = lstatx(layerPath(top, ''));
+    // As in the kernel, the root merges every layer: an opaque mark on a layer root is ignored.
+    this.root = new OvlNode('', null, top, layers, st.mode & S_IFMT, this.shownIno(top, layerPath(top, ''), st));
   }
 
-  /** Resolves a FUSE path ('/', '/a/b'); ENOENT where any component is missing or hidden. */
-  async resolve(path: string): Promise<OvlNode> {
-    let node = await this.root();
+  /** The node of NAME in DIR, or null; resolved at most once (kept in DIR's children). */
+  child(dir: OvlNode, name: string): OvlNode | null {
+    const known = dir.children.get(name);
+    if (known !== undefined) return known;
+    if (name.length > NAME_MAX) throw errorFor('ENAMETOOLONG', name);
+    const node = this.lookupChild(dir, name);
+    dir.children.set(name, node);
+    return node;
+  }
+
+  /** Resolves a path ('/', '/a/b'; a byte string); ENOENT where any component is missing or hidden. */
+  resolve(path: string): OvlNode {
+    let node = this.root;
     for (const name of path.split('/')) {
       if (name === '') continue;
       if (!node.isDir) throw errorFor('ENOTDIR', path);
-      const next = await node.child(name, this);
+      const next = this.child(node, name);
       if (next === null) throw errorFor('ENOENT', path);
       node = next;
     }
     return node;
   }
 
+  /** The number an entry shows: one recorded at its copy-up, else its real inode's. */
+  shownIno(layer: Layer, real: Buffer, st: Stat): number {
+    if (layer.upper) {
+      const recorded = parseOriginIno(readQuietly(real, originInoXattr(this.namespace)));
+      if (recorded !== null) return recorded;
+    }
+    return this.inodes.of(st);
+  }
+
+  /** Registers the upper file a node now is (made, or copied up). */
+  upperIs(node: OvlNode, st: Stat): void {
+    if (node.isDir) return;
+    node.identity = identityOf(st);
+    this.uppers.set(node.identity, node);
+  }
+
+  /** The upper file of a node is gone: its inode number may be a new file's soon. */
+  upperGone(node: OvlNode): void {
+    if (node.identity !== undefined && this.uppers.get(node.identity) === node) this.uppers.delete(node.identity);
+    node.identity = undefined;
+  }
+
   /** The kernel's lookup rule for NAME in a merged directory (see the top of this file). */
-  async lookupChild(dir: OvlNode, name: string): Promise<OvlNode | null> {
-    const listings = await dir.listings();
-    const rel = dir.path === '' ? name : `${dir.path}/${name}`;
-    const found = layersHolding(dir.dirLayers, listings, name, 0);
+  private lookupChild(dir: OvlNode, name: string): OvlNode | null {
+    const found = layersHolding(dir.dirLayers, dir.listings(), name, 0);
     if (found.length === 0) return null;
-
     const top = found[0];
-    let st: Stats;
-    try {
-      st = lstatSync(layerPath(top, rel));
-    } catch (err) {
-      // The listing said it was there; a layer changed under the mount. Treat as absent.
-      if (hasCode(err, 'ENOENT', 'ENOTDIR')) return null;
-      throw err;
+    const rel = dir.path === '' ? name : `${dir.path}/${name}`;
+    const real = layerPath(top, rel);
+    // The listing said it was there; if it is not, a layer changed under the mount.
+    const st = lstatxOrNull(real);
+    if (st === null) return null;
+    const type = st.mode & S_IFMT;
+    if (type !== S_IFDIR && top.upper) {
+      const same = this.uppers.get(identityOf(st));
+      if (same) {
+        same.addName(dir, name);
+        return same;
+      }
     }
-    const dirLayers = st.isDirectory() ? await this.cutAtOpaque(found, rel) : [];
-    return new OvlNode(name, dir, top, dirLayers, st.mode & S_IFMT, this.inodes.numberOf(st.dev, st.ino));
+    const dirLayers = type === S_IFDIR ? cutAtOpaque(found, rel) : [];
+    const node = new OvlNode(name, dir, top, dirLayers, type, this.shownIno(top, real, st));
+    if (top.upper) this.upperIs(node, st);
+    return node;
   }
+}
 
-  /** Keeps the layers down to and including the first opaque directory. */
-  private async cutAtOpaque(layers: readonly Layer[], rel: string): Promise<Layer[]> {
-    const kept: Layer[] = [];
-    for (const layer of layers) {
-      kept.push(layer);
-      if (kept.length === layers.length) break;
-      if (await isOpaqueDir(layerPath(layer, rel))) break;
-    }
-    return kept;
+function readQuietly(path: Buffer, name: string): Buffer | null {
+  try {
+    return lgetxattrOrNull(path, name);
+  } catch {
+    // A symlink refuses user.* xattrs, an unreadable entry any: either way none was recorded.
+    return null;
   }
+}
+
+/** Keeps the layers down to and including the first opaque directory. */
+function cutAtOpaque(layers: readonly Layer[], rel: string): Layer[] {
+  const kept: Layer[] = [];
+  for (const layer of layers) {
+    kept.push(layer);
+    if (kept.length === layers.length) break;
+    if (isOpaqueDir(layerPath(layer, rel))) break;
+  }
+  return kept;
 }
 
 /**
  * Whether NAME would be visible in DIR from its lower layers alone: then removing it from the
  * upper layer must leave a whiteout, and a directory put there must be opaque.
  */
-export async function lowerPositive(dir: OvlNode, name: string): Promise<boolean> {
-  const listings = await dir.listings();
+export function lowerPositive(dir: OvlNode, name: string): boolean {
   const first = dir.dirLayers[0]?.upper ? 1 : 0;
-  return layersHolding(dir.dirLayers, listings, name, first).length > 0;
+  return layersHolding(dir.dirLayers, dir.listings(), name, first).length > 0;
 }
 
 /** The layers, from `first` down, that make up NAME: one for a non-directory, several for a merged one. */
@@ -233,15 +166,9 @@ function layersHolding(layers: readonly Layer[], listings: readonly LayerListing
 }
 
 /** Marked opaque by xattr (trusted or user namespace) or by an AUFS `.wh..wh..opq` file. */
-export async function isOpaqueDir(dir: string): Promise<boolean> {
+export function isOpaqueDir(dir: Buffer): boolean {
   for (const name of OPAQUE_XATTRS) {
     if (isOpaqueValue(lgetxattrOrNull(dir, name))) return true;
   }
-  try {
-    lstatSync(`${dir}/${OPAQUE_WHITEOUT}`);
-    return true;
-  } catch (err) {
-    if (hasCode(err, 'ENOENT')) return false;
-    throw err;
-  }
+  return lstatxOrNull(childPath(dir, OPAQUE_WHITEOUT)) !== null;
 }

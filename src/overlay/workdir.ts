@@ -4,10 +4,11 @@
  * Like the kernel, the server owns `WORKDIR/work` and empties it at every mount, which
  * removes whatever a crash left behind.
  */
-import { closeSync, constants as fsc, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
+import { closeSync, constants as fsc, mkdirSync, openSync, rmSync } from 'node:fs';
 import { errorFor } from '../errors';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tryLockExclusive } from '../sys/libc';
+import { lstatx } from '../sys/stat';
 
 const LOCK_WAIT_MS = 5000;
 const LOCK_RETRY_MS = 50;
@@ -24,7 +25,7 @@ export class Workdir {
    * unmounted may hold the lock a moment longer (its server notices the unmount by polling),
    * so podman's unmount-then-mount of a container is waited for, up to LOCK_WAIT_MS.
    */
-  static async prepare(workdir: string, upperDev: number): Promise<Workdir> {
+  static async prepare(workdir: string, upperDev: string): Promise<Workdir> {
     const lock = openSync(workdir, fsc.O_RDONLY | fsc.O_DIRECTORY);
     const until = Date.now() + LOCK_WAIT_MS;
     while (!tryLockExclusive(lock)) {
@@ -37,7 +38,7 @@ export class Workdir {
     const dir = `${workdir}/work`;
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(dir, { mode: 0o700 });
-    if (statSync(dir).dev !== upperDev) throw errorFor('EXDEV', `workdir ${workdir} is not on the upper filesystem`);
+    if (lstatx(dir).dev !== upperDev) throw errorFor('EXDEV', `workdir ${workdir} is not on the upper filesystem`);
     return new Workdir(dir, lock);
   }
 

@@ -1,29 +1,26 @@
 /**
- * Every change to the merged tree, written to the upper layer in the kernel's format:
- * removing a name that a lower layer still holds leaves a whiteout (char 0/0), a directory
- * made where a whiteout stands is opaque, and entries replace whiteouts in one rename.
+ * Every change to the names of the merged tree, written to the upper layer in the kernel's
+ * format: removing a name that a lower layer still holds leaves a whiteout (char 0/0), a
+ * directory made where a whiteout stands is opaque, and entries replace whiteouts in one
+ * rename.
  *
  * The namespace steps are synchronous system calls, so each change is atomic with respect
  * to every other request this process serves; only copying file data waits.
  */
 import {
-  chmodSync, closeSync, constants as fsc, fchownSync, linkSync, lchownSync, lstatSync, mkdirSync, openSync, renameSync,
-  existsSync, readdirSync, rmdirSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync,
+  chmodSync, closeSync, constants as fsc, fchownSync, linkSync, lchownSync, mkdirSync, openSync, renameSync,
+  readdirSync, rmdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync,
 } from 'node:fs';
-import { join } from 'node:path';
 import { errorFor, hasCode } from '../errors';
-import { UTIME_NOW, UTIME_OMIT, type Timespec, lgetxattr, lremovexattr, lsetxattr, lutimens, mknod, renameat2, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../sys/libc';
-import { copyUp, copyUpDirChain, type UpperContext } from './copy-up';
-import { isPrivateXattr, isWhiteoutName, isWhiteoutStat, OPAQUE_WHITEOUT, WHITEOUT_PREFIX } from './format';
-import { NO_ID } from './idmap';
-import { layerPath } from './layer';
-import type { Attrs } from './stat-override';
-import type { TimeChange } from './overlay';
-import { lowerPositive, type OvlNode } from './tree';
+import { lsetxattr, mknod, renameat2, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT } from '../sys/libc';
+import { lstatx, lstatxOrNull, type Stat } from '../sys/stat';
+import { copyUpDirChain, type UpperContext } from './copy-up';
+import { isWhiteout, isWhiteoutName, OPAQUE_WHITEOUT, WHITEOUT_PREFIX } from './format';
+import { childPath, layerPath } from './layer';
+import { pathsMoved, type OvlNode } from './node';
+import { lowerPositive } from './tree';
 
 export interface WriteContext extends UpperContext {
-  /** Where opaque markers are written: `trusted` as root, `user` unprivileged (the kernel's userxattr). */
-  readonly xattrNamespace: 'trusted' | 'user';
   /**
    * How deletions are recorded: kernel whiteouts (char 0/0), or, where the kernel refuses
    * to make those (before Linux 5.8, unprivileged), `.wh.NAME` files as fuse-overlayfs does.
@@ -39,6 +36,9 @@ export interface WriteContext extends UpperContext {
 }
 
 export type OpaqueStyle = 'xattr' | 'file';
+
+/** A path in a layer or the work directory: bytes, or a plain string for names of our own. */
+type RealPath = Buffer | string;
 
 type SetXattr = (path: string, name: string, value: Buffer) => void;
 
@@ -82,19 +82,16 @@ const S_IFCHR = 0o020000;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 const S_ISGID = 0o2000;
+/** Flags of an open(2) that are passed on to the layer file; creation is the overlay's business. */
+export const PASSED_OPEN_FLAGS = fsc.O_WRONLY | fsc.O_RDWR | fsc.O_APPEND | fsc.O_NONBLOCK | fsc.O_SYNC | fsc.O_DSYNC | fsc.O_TRUNC | fsc.O_NOATIME;
 
 /** Gives a new upper entry its mode (type bits included): in its override where the upper keeps one, else for real. */
-function giveMode(ctx: WriteContext, path: string, mode: number): void {
+function giveMode(ctx: WriteContext, path: RealPath, mode: number): void {
   if (ctx.overrides.recording) {
-    const st = lstatSync(path);
+    const st = lstatx(path);
     if (ctx.overrides.record(path, { uid: st.uid, gid: st.gid, mode })) return;
   }
   chmodSync(path, mode & 0o7777);
-}
-
-/** Changes the stored owner or mode of an upper entry in its override; false where it has none to change. */
-function changeOverride(ctx: WriteContext, path: string, change: (current: Attrs) => Attrs): boolean {
-  return ctx.overrides.recording && ctx.overrides.record(path, change(ctx.overrides.current(ctx.upper, path)));
 }
 
 /** Names starting `.wh.` are whiteouts to every layer reader: they cannot be made through the mount. */
@@ -102,22 +99,18 @@ export function checkNewName(name: string): void {
   if (isWhiteoutName(name)) throw errorFor('EINVAL', `${name}: names starting with .wh. are reserved`);
 }
 
-function upperPathOf(ctx: WriteContext, dir: OvlNode, name: string): string {
+export function upperPathOf(ctx: WriteContext, dir: OvlNode, name: string): Buffer {
   const rel = dir.path === '' ? name : `${dir.path}/${name}`;
   return layerPath(ctx.upper, rel);
 }
 
-function isWhiteoutAt(path: string): boolean {
-  try {
-    return isWhiteoutStat(lstatSync(path));
-  } catch (err) {
-    if (hasCode(err, 'ENOENT')) return false;
-    throw err;
-  }
+function isWhiteoutAt(path: Buffer): boolean {
+  const st = lstatxOrNull(path);
+  return st !== null && isWhiteout(st);
 }
 
 /** A kernel whiteout, owned like the kernel's (the mounter's ids, whatever the directory's group). */
-function makeWhiteout(path: string): void {
+function makeWhiteout(path: RealPath): void {
   mknod(path, S_IFCHR, 0);
   lchownSync(path, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
 }
@@ -132,7 +125,7 @@ function makeAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): void {
 }
 
 function hasAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): boolean {
-  return existsSync(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`));
+  return lstatxOrNull(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`)) !== null;
 }
 
 /**
@@ -148,16 +141,15 @@ function dropAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): void {
   }
 }
 
-function setOpaque(ctx: WriteContext, path: string): void {
+function setOpaque(ctx: WriteContext, path: RealPath): void {
   if (ctx.opaqueStyle === 'xattr') lsetxattr(path, opaqueXattr(ctx.xattrNamespace), Buffer.from('y'));
   // fuse-overlayfs makes it 0700; it is never shown, only its name counts.
-  else writeFileSync(join(path, OPAQUE_WHITEOUT), '', { mode: 0o700, flag: 'w' });
+  else writeFileSync(childPath(typeof path === 'string' ? Buffer.from(path, 'latin1') : path, OPAQUE_WHITEOUT), '', { mode: 0o700, flag: 'w' });
 }
 
 /** The listing cache of DIR's upper layer after NAME became `kind` there (or went). */
 function noteUpper(dir: OvlNode, name: string, kind: 'dir' | 'other' | 'whiteout' | 'none'): void {
   const listing = dir.upperListing();
-  dir.children.delete(name);
   if (!listing) return;
   listing.entries.delete(name);
   listing.whiteouts.delete(name);
@@ -185,8 +177,8 @@ interface Placement {
   readonly setgid: boolean;
 }
 
-function placementIn(ctx: WriteContext, parentPath: string, overWhiteout: boolean, owner: Owner | undefined): Placement {
-  const st = lstatSync(parentPath);
+function placementIn(ctx: WriteContext, parentPath: Buffer, overWhiteout: boolean, owner: Owner | undefined): Placement {
+  const st = lstatx(parentPath);
   const setgid = (st.mode & S_ISGID) !== 0;
   if (!owner || !ctx.setOwners) {
     return { elsewhere: overWhiteout, uid: -1, gid: setgid && overWhiteout ? st.gid : -1, setgid };
@@ -197,7 +189,7 @@ function placementIn(ctx: WriteContext, parentPath: string, overWhiteout: boolea
 }
 
 /** Puts an entry built at `tmp` in the work directory at `target` (over a whiteout, or where nothing is). */
-function moveIn(tmp: string, target: string, overWhiteout: boolean, isDir: boolean): void {
+function moveIn(tmp: string, target: Buffer, overWhiteout: boolean, isDir: boolean): void {
   if (overWhiteout && isDir) {
     // A directory cannot be renamed over a file: swap them, then drop the whiteout.
     renameat2(tmp, target, RENAME_EXCHANGE);
@@ -212,7 +204,7 @@ function moveIn(tmp: string, target: string, overWhiteout: boolean, isDir: boole
  * chowns what it made to uid/gid (-1: leave): in place, or built in the work directory and
  * renamed into place in one step (over a whiteout, or to be given its owner first).
  */
-function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, owner: Owner | undefined, make: (path: string, uid: number, gid: number) => T): T {
+function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, owner: Owner | undefined, make: (path: RealPath, uid: number, gid: number) => T): T {
   checkNewName(name);
   copyUpDirChain(ctx, dir);
   const target = upperPathOf(ctx, dir, name);
@@ -233,13 +225,14 @@ function placeNew<T>(ctx: WriteContext, dir: OvlNode, name: string, owner: Owner
   }
   if (!overWhiteout) dropAufsWhiteout(ctx, dir, name);
   noteUpper(dir, name, 'other');
+  dir.children.delete(name);
   return result;
 }
 
-/** Creates and opens a regular file; returns the descriptor. */
-export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: number, owner?: Owner): number {
+/** Creates and opens a regular file with the caller's open flags; returns the descriptor. */
+export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: number, flags: number, owner?: Owner): number {
   return placeNew(ctx, dir, name, owner, (path, uid, gid) => {
-    const fd = openSync(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+    const fd = openSync(path, (flags & PASSED_OPEN_FLAGS & ~fsc.O_TRUNC) | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
     try {
       // Before the mode: a chown clears S_ISUID and S_ISGID.
       if (uid !== -1 || gid !== -1) fchownSync(fd, uid, gid);
@@ -253,10 +246,11 @@ export function create(ctx: WriteContext, dir: OvlNode, name: string, mode: numb
   });
 }
 
+/** mknod; `rdev` as glibc's dev_t. */
 export function mknodAt(ctx: WriteContext, dir: OvlNode, name: string, mode: number, rdev: number, owner?: Owner): void {
   // A char 0/0 device is a whiteout to every layer reader: made through the mount, it would
   // hide lower entries once the upper is a lower layer. The kernel refuses it (ovl_mknod).
-  if (isWhiteoutStat({ mode, rdev })) throw errorFor('EPERM', `${name}: a char 0/0 device is a whiteout`);
+  if ((mode & S_IFMT) === S_IFCHR && rdev === 0) throw errorFor('EPERM', `${name}: a char 0/0 device is a whiteout`);
   placeNew(ctx, dir, name, owner, (path, uid, gid) => {
     mknod(path, (mode & S_IFMT) | 0o600, rdev);
     if (uid !== -1 || gid !== -1) lchownSync(path, uid, gid);
@@ -264,19 +258,21 @@ export function mknodAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
   });
 }
 
-export function symlinkAt(ctx: WriteContext, dir: OvlNode, name: string, target: string, owner?: Owner): void {
+export function symlinkAt(ctx: WriteContext, dir: OvlNode, name: string, target: Buffer, owner?: Owner): void {
   placeNew(ctx, dir, name, owner, (path, uid, gid) => {
     symlinkSync(target, path);
     if (uid !== -1 || gid !== -1) lchownSync(path, uid, gid);
   });
 }
 
-export async function linkAt(ctx: WriteContext, src: OvlNode, dir: OvlNode, name: string): Promise<void> {
+/** A new name for an upper file (copy it up first): the same node, by one more name. */
+export function linkAt(ctx: WriteContext, src: OvlNode, dir: OvlNode, name: string): void {
   if (src.isDir) throw errorFor('EPERM', 'hard link to a directory');
-  checkNewName(name);
-  await copyUp(ctx, src);
+  if (!src.layer.upper) throw errorFor('EIO', 'link source not copied up');
   // A new name of the same inode: nothing to own.
   placeNew(ctx, dir, name, undefined, (path) => linkSync(src.realPath, path));
+  src.addName(dir, name);
+  dir.children.set(name, src);
 }
 
 /** mkdir; where a whiteout stands the new directory is opaque, so what was deleted stays hidden. */
@@ -303,15 +299,21 @@ export function mkdirAt(ctx: WriteContext, dir: OvlNode, name: string, mode: num
     }
   } else {
     mkdirSync(target, { mode: 0o700 });
-    giveMode(ctx, target, S_IFDIR | finalMode);
-    if (aufsWhiteout) setOpaque(ctx, target);
+    try {
+      giveMode(ctx, target, S_IFDIR | finalMode);
+      if (aufsWhiteout) setOpaque(ctx, target);
+    } catch (err) {
+      rmSync(target, { recursive: true, force: true });
+      throw err;
+    }
   }
   if (aufsWhiteout) dropAufsWhiteout(ctx, dir, name);
   noteUpper(dir, name, 'dir');
+  dir.children.delete(name);
 }
 
 /** Takes an upper entry out of the way: into the work directory, then deleted. */
-function discardUpper(ctx: WriteContext, path: string, isDir: boolean): void {
+function discardUpper(ctx: WriteContext, path: RealPath, isDir: boolean): void {
   if (!isDir) {
     unlinkSync(path);
     return;
@@ -323,52 +325,74 @@ function discardUpper(ctx: WriteContext, path: string, isDir: boolean): void {
 }
 
 /**
- * unlink and rmdir: NAME goes from the merged view, by a whiteout if a lower layer holds it.
- * With `keep`, a non-directory's upper file is not deleted but moved into the work
- * directory (an unlinked file that is still open); the return value says where its data
- * now is.
+ * What happens to a node's upper file when NAME, one of its names, goes: nothing more if the
+ * file keeps other names; a file still open keeps its data by a name in the work directory
+ * (`keepAt`); anything else goes, and what it looked like is kept for whoever still asks.
  */
-export async function remove(ctx: WriteContext, dir: OvlNode, node: OvlNode, keep = false): Promise<string> {
-  const name = node.name;
-  const whiteout = await lowerPositive(dir, name);
-  const target = upperPathOf(ctx, dir, name);
-  let dataAt = node.realPath;
-  const setAside = (): void => {
-    dataAt = ctx.work.temp();
-    renameSync(target, dataAt);
-  };
-  if (whiteout && ctx.whiteoutStyle === 'aufs') {
-    if (node.layer.upper && keep && !node.isDir) setAside();
-    else if (node.layer.upper) discardUpper(ctx, target, node.isDir);
-    else copyUpDirChain(ctx, dir);
-    makeAufsWhiteout(ctx, dir, name);
-  } else if (node.layer.upper) {
-    if (whiteout) {
-      // The whiteout takes the entry's place in one step; the entry lands in the work dir.
-      const tmp = ctx.work.temp();
-      makeWhiteout(tmp);
-      renameat2(tmp, target, RENAME_EXCHANGE);
-      if (keep && !node.isDir) dataAt = tmp;
-      else rmSync(tmp, { recursive: true, force: true });
-    } else if (keep && !node.isDir) {
-      setAside();
-    } else {
-      discardUpper(ctx, target, node.isDir);
-    }
-  } else {
-    copyUpDirChain(ctx, dir);
-    makeWhiteout(target);
+interface Departure {
+  readonly last: boolean;
+  readonly keepAt: string | null;
+  readonly before: Stat | null;
+}
+
+function departureOf(ctx: WriteContext, node: OvlNode, path: Buffer): Departure {
+  if (!node.layer.upper) return { last: node.names().length === 1, keepAt: null, before: null };
+  const before = lstatx(path);
+  const last = node.names().length === 1 && (node.isDir || before.nlink <= 1);
+  const keepAt = last && !node.isDir && node.fds.size > 0 ? ctx.work.temp() : null;
+  // A second name in the work directory keeps the inode alive whatever the upper does next.
+  if (keepAt !== null) linkSync(path, keepAt);
+  return { last, keepAt, before };
+}
+
+/** Records in the node that NAME in DIR is gone (see Departure). */
+function depart(ctx: WriteContext, node: OvlNode, dir: OvlNode, name: string, d: Departure): void {
+  node.dropName(dir, name);
+  if (!d.last || !node.layer.upper) return;
+  if (d.keepAt !== null) {
+    node.detachedAt = Buffer.from(d.keepAt);
+  } else if (d.before) {
+    node.lastStat = { ...d.before, nlink: 0 };
+    ctx.tree.upperGone(node);
   }
-  node.removed = true;
-  noteUpper(dir, name, whiteout ? 'whiteout' : 'none');
-  dir.children.set(name, null);
-  return dataAt;
 }
 
 /**
- * rename. Directories with content in a lower layer are refused with EXDEV, as the kernel
- * does without redirect_dir; `mv` then copies and deletes.
+ * unlink and rmdir: NAME goes from the merged view, by a whiteout if a lower layer holds it.
+ * A file still open keeps its data (see Departure).
  */
+export function remove(ctx: WriteContext, dir: OvlNode, name: string, node: OvlNode): void {
+  const whiteout = lowerPositive(dir, name);
+  const target = upperPathOf(ctx, dir, name);
+  const d = departureOf(ctx, node, target);
+  try {
+    if (whiteout && ctx.whiteoutStyle === 'aufs') {
+      if (node.layer.upper) discardUpper(ctx, target, node.isDir);
+      else copyUpDirChain(ctx, dir);
+      makeAufsWhiteout(ctx, dir, name);
+    } else if (node.layer.upper) {
+      if (whiteout) {
+        // The whiteout takes the entry's place in one step; the entry lands in the work dir.
+        const tmp = ctx.work.temp();
+        makeWhiteout(tmp);
+        renameat2(tmp, target, RENAME_EXCHANGE);
+        rmSync(tmp, { recursive: true, force: true });
+      } else {
+        discardUpper(ctx, target, node.isDir);
+      }
+    } else {
+      copyUpDirChain(ctx, dir);
+      makeWhiteout(target);
+    }
+  } catch (err) {
+    if (d.keepAt !== null) rmSync(d.keepAt, { force: true });
+    throw err;
+  }
+  depart(ctx, node, dir, name, d);
+  noteUpper(dir, name, whiteout ? 'whiteout' : 'none');
+  dir.children.set(name, null);
+}
+
 /** A directory can move only if nothing of it lives in a lower layer (no redirect_dir). */
 export function canMoveDir(node: OvlNode): boolean {
   return node.layer.upper && node.dirLayers.length === 1;
@@ -376,39 +400,43 @@ export function canMoveDir(node: OvlNode): boolean {
 
 /**
  * rename, once the caller has checked it as the kernel does (types, then EXDEV for a
- * directory with lower content, which `mv` answers by copying, then ENOTEMPTY).
+ * directory with lower content, which `mv` answers by copying, then ENOTEMPTY), and copied
+ * the source up.
  */
-export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, dstName: string, dst: OvlNode | null): Promise<void> {
+export function rename(ctx: WriteContext, srcDir: OvlNode, srcName: string, src: OvlNode, dstDir: OvlNode, dstName: string, dst: OvlNode | null): void {
   checkNewName(dstName);
-  const srcDir = src.parent!;
-  await copyUp(ctx, src);
   copyUpDirChain(ctx, dstDir);
-  const srcWhiteout = await lowerPositive(srcDir, src.name);
-  const from = src.realPath;
+  const srcWhiteout = lowerPositive(srcDir, srcName);
+  const from = upperPathOf(ctx, srcDir, srcName);
   const to = upperPathOf(ctx, dstDir, dstName);
-
   const existing = upperKind(to);
-  if (src.isDir && existing === 'whiteout') {
-    // A directory cannot replace a file: swap, and the whiteout lands where the source was.
-    renameat2(from, to, RENAME_EXCHANGE);
-    if (!srcWhiteout) unlinkSync(from);
-  } else if (src.isDir && existing === 'dir' && !isEmptyDir(to)) {
-    // The target is empty in the merged view but holds whiteouts: swap, then drop it.
-    renameat2(from, to, RENAME_EXCHANGE);
-    discardUpper(ctx, from, true);
-    if (srcWhiteout) makeWhiteout(from);
-  } else if (srcWhiteout && ctx.whiteoutStyle === 'aufs') {
-    renameSync(from, to);
-    makeAufsWhiteout(ctx, srcDir, src.name);
-  } else if (srcWhiteout && existing === 'whiteout') {
-    // As the kernel does: swap, so the target's whiteout becomes the source's (and keeps its owner).
-    renameat2(from, to, RENAME_EXCHANGE);
-  } else if (srcWhiteout) {
-    // The filesystem makes this whiteout like any new entry (of a set-group-ID directory's
-    // group), as it does for the kernel.
-    renameWithWhiteout(from, to);
-  } else {
-    renameSync(from, to);
+  const replaced = dst && existing !== 'none' && existing !== 'whiteout' ? departureOf(ctx, dst, to) : null;
+  try {
+    if (src.isDir && existing === 'whiteout') {
+      // A directory cannot replace a file: swap, and the whiteout lands where the source was.
+      renameat2(from, to, RENAME_EXCHANGE);
+      if (!srcWhiteout) unlinkSync(from);
+    } else if (src.isDir && existing === 'dir' && !isEmptyDir(to)) {
+      // The target is empty in the merged view but holds whiteouts: swap, then drop it.
+      renameat2(from, to, RENAME_EXCHANGE);
+      discardUpper(ctx, from, true);
+      if (srcWhiteout) makeWhiteout(from);
+    } else if (srcWhiteout && ctx.whiteoutStyle === 'aufs') {
+      renameSync(from, to);
+      makeAufsWhiteout(ctx, srcDir, srcName);
+    } else if (srcWhiteout && existing === 'whiteout') {
+      // As the kernel does: swap, so the target's whiteout becomes the source's (and keeps its owner).
+      renameat2(from, to, RENAME_EXCHANGE);
+    } else if (srcWhiteout) {
+      // The filesystem makes this whiteout like any new entry (of a set-group-ID directory's
+      // group), as it does for the kernel.
+      renameWithWhiteout(from, to);
+    } else {
+      renameSync(from, to);
+    }
+  } catch (err) {
+    if (replaced?.keepAt) rmSync(replaced.keepAt, { force: true });
+    throw err;
   }
   // As the kernel does: a directory moved into a merged directory is made opaque, so that
   // nothing of the same name below (now or in a later lower layer) merges into it.
@@ -416,33 +444,57 @@ export async function rename(ctx: WriteContext, src: OvlNode, dstDir: OvlNode, d
   if (opaqueNow) setOpaque(ctx, to);
   if (existing === 'none') dropAufsWhiteout(ctx, dstDir, dstName);
 
-  if (dst) dst.removed = true;
-  noteUpper(srcDir, src.name, srcWhiteout ? 'whiteout' : 'none');
-  srcDir.children.set(src.name, null);
+  if (dst && replaced) depart(ctx, dst, dstDir, dstName, replaced);
+  else if (dst) dst.dropName(dstDir, dstName);
+  noteUpper(srcDir, srcName, srcWhiteout ? 'whiteout' : 'none');
   noteUpper(dstDir, dstName, src.isDir ? 'dir' : 'other');
-  src.parent = dstDir;
-  src.name = dstName;
+  src.moveName(srcDir, srcName, dstDir, dstName);
   if (opaqueNow) src.dirLayers = [ctx.upper];
+  srcDir.children.set(srcName, null);
   dstDir.children.set(dstName, src);
 }
 
-function upperKind(path: string): 'none' | 'whiteout' | 'dir' | 'other' {
-  try {
-    const st = lstatSync(path);
-    if (isWhiteoutStat(st)) return 'whiteout';
-    return st.isDirectory() ? 'dir' : 'other';
-  } catch (err) {
-    if (hasCode(err, 'ENOENT')) return 'none';
-    throw err;
-  }
+/**
+ * RENAME_EXCHANGE of two entries, both already copied up (the caller checked that neither is
+ * a directory with lower content). Both names stay taken, so no whiteout is needed; a
+ * directory that lands in a merged directory is made opaque, as the kernel does.
+ */
+export function exchange(ctx: WriteContext, aDir: OvlNode, aName: string, a: OvlNode, bDir: OvlNode, bName: string, b: OvlNode): void {
+  checkNewName(aName);
+  checkNewName(bName);
+  const aPath = upperPathOf(ctx, aDir, aName);
+  const bPath = upperPathOf(ctx, bDir, bName);
+  renameat2(aPath, bPath, RENAME_EXCHANGE);
+  const aOpaque = a.isDir && bDir.isMergedDir;
+  const bOpaque = b.isDir && aDir.isMergedDir;
+  if (aOpaque) setOpaque(ctx, bPath);
+  if (bOpaque) setOpaque(ctx, aPath);
+  // Two moves at once: through a name neither has, so the first move cannot confuse the second.
+  a.moveName(aDir, aName, aDir, '\0');
+  b.moveName(bDir, bName, aDir, aName);
+  a.moveName(aDir, '\0', bDir, bName);
+  if (aOpaque) a.dirLayers = [ctx.upper];
+  if (bOpaque) b.dirLayers = [ctx.upper];
+  noteUpper(aDir, aName, b.isDir ? 'dir' : 'other');
+  noteUpper(bDir, bName, a.isDir ? 'dir' : 'other');
+  aDir.children.set(aName, b);
+  bDir.children.set(bName, a);
+  pathsMoved();
 }
 
-function isEmptyDir(path: string): boolean {
+function upperKind(path: Buffer): 'none' | 'whiteout' | 'dir' | 'other' {
+  const st = lstatxOrNull(path);
+  if (st === null) return 'none';
+  if (isWhiteout(st)) return 'whiteout';
+  return (st.mode & S_IFMT) === S_IFDIR ? 'dir' : 'other';
+}
+
+function isEmptyDir(path: Buffer): boolean {
   return readdirSync(path).length === 0;
 }
 
 /** rename leaving a whiteout at the source, in one step where the filesystem can (RENAME_WHITEOUT). */
-function renameWithWhiteout(from: string, to: string): void {
+function renameWithWhiteout(from: Buffer, to: Buffer): void {
   try {
     renameat2(from, to, RENAME_WHITEOUT);
   } catch (err) {
@@ -450,59 +502,4 @@ function renameWithWhiteout(from: string, to: string): void {
     renameSync(from, to);
     makeWhiteout(from);
   }
-}
-
-export async function truncate(ctx: WriteContext, node: OvlNode, size: number): Promise<void> {
-  if (node.isDir) throw errorFor('EISDIR', node.path);
-  await copyUp(ctx, node, { data: size > 0 });
-  truncateSync(node.realPath, size);
-}
-
-export async function chmod(ctx: WriteContext, node: OvlNode, mode: number): Promise<void> {
-  await copyUp(ctx, node);
-  const perms = mode & 0o7777;
-  if (changeOverride(ctx, node.realPath, (c) => ({ ...c, mode: (c.mode & S_IFMT) | perms }))) return;
-  chmodSync(node.realPath, perms);
-}
-
-export async function chown(ctx: WriteContext, node: OvlNode, uid: number, gid: number): Promise<void> {
-  await copyUp(ctx, node);
-  // (uid_t)-1 leaves that id as it is.
-  if (changeOverride(ctx, node.realPath, (c) => ({ ...c, uid: uid === NO_ID ? c.uid : uid, gid: gid === NO_ID ? c.gid : gid }))) return;
-  lchownSync(node.realPath, uid === NO_ID ? -1 : uid, gid === NO_ID ? -1 : gid);
-}
-
-export async function utimens(ctx: WriteContext, node: OvlNode, atime: TimeChange, mtime: TimeChange): Promise<void> {
-  await copyUp(ctx, node);
-  lutimens(node.realPath, timespecOf(atime), timespecOf(mtime));
-}
-
-function timespecOf(t: TimeChange): Timespec {
-  if (t === 'now') return { sec: 0, nsec: UTIME_NOW };
-  if (t === 'omit') return { sec: 0, nsec: UTIME_OMIT };
-  return { sec: Math.floor(t / 1000), nsec: Math.round((t % 1000) * 1e6) };
-}
-
-/** The overlay's own xattrs cannot be set or removed through the mount (as fuse-overlayfs). */
-function checkXattrName(name: string): void {
-  if (isPrivateXattr(name)) throw errorFor('EPERM', `${name} is reserved for the overlay`);
-}
-
-export async function setxattr(ctx: WriteContext, node: OvlNode, name: string, value: Buffer, flags: number): Promise<void> {
-  checkXattrName(name);
-  await copyUp(ctx, node);
-  lsetxattr(node.realPath, name, value, flags & (XATTR_CREATE | XATTR_REPLACE));
-}
-
-export async function removexattr(ctx: WriteContext, node: OvlNode, name: string): Promise<void> {
-  checkXattrName(name);
-  // Removing what is not there fails without copying up, as in the kernel.
-  if (!node.layer.upper) lgetxattr(node.realPath, name);
-  await copyUp(ctx, node);
-  lremovexattr(node.realPath, name);
-}
-
-/** Opening for writing copies up first; O_TRUNC spares copying data that would be dropped. */
-export async function openForWrite(ctx: WriteContext, node: OvlNode, truncating: boolean): Promise<void> {
-  await copyUp(ctx, node, { data: !truncating });
 }

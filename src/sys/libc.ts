@@ -18,15 +18,12 @@ const c = {
   mknodat: libc.func('int mknodat(int dirfd, const char *path, uint32_t mode, uint64_t dev)'),
   renameat2: libc.func('int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)'),
   utimensat: libc.func('int utimensat(int dirfd, const char *path, const void *times, int flags)'),
-  umount2: libc.func('int umount2(const char *target, int flags)'),
   dup2: libc.func('int dup2(int oldfd, int newfd)'),
   lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
   ioctl: libc.func('int ioctl(int fd, unsigned long request, unsigned long arg)'),
   flock: libc.func('int flock(int fd, int operation)'),
+  fallocate: libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
   copy_file_range: libc.func('int64_t copy_file_range(int fd_in, void *off_in, int fd_out, void *off_out, size_t len, unsigned int flags)'),
-  // Raw memory access by address, for the one libfuse setting fuse-native gives no way to set.
-  peek: libc.func('void *memcpy(void *dst, uintptr_t src, size_t n)'),
-  poke: libc.func('void *memcpy(uintptr_t dst, const void *src, size_t n)'),
 };
 
 export const AT_FDCWD = -100;
@@ -36,7 +33,6 @@ export const RENAME_EXCHANGE = 1 << 1;
 export const RENAME_WHITEOUT = 1 << 2;
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
-export const MNT_DETACH = 2;
 /** Largest xattr value Linux allows (XATTR_SIZE_MAX) and largest name list (XATTR_LIST_MAX). */
 const XATTR_MAX = 65536;
 
@@ -93,8 +89,9 @@ export function renameat2(from: PathArg, to: PathArg, flags: number): void {
 }
 
 export interface Timespec { sec: number; nsec: number }
-/** utimensat's UTIME_OMIT: leave that time as it is. */
+/** utimensat's UTIME_OMIT: leave that time as it is; UTIME_NOW: set it to the current time. */
 export const UTIME_OMIT = (1 << 30) - 2;
+export const UTIME_NOW = (1 << 30) - 1;
 
 /** Sets atime and mtime with nanosecond precision, on `path` itself (never a symlink's target). */
 export function lutimens(path: PathArg, atime: Timespec, mtime: Timespec): void {
@@ -104,10 +101,6 @@ export function lutimens(path: PathArg, atime: Timespec, mtime: Timespec): void 
   times.writeBigInt64LE(BigInt(mtime.sec), 16);
   times.writeBigInt64LE(BigInt(mtime.nsec), 24);
   if (c.utimensat(AT_FDCWD, cPath(path), times, AT_SYMLINK_NOFOLLOW) < 0) fail('utimensat', path);
-}
-
-export function umount2(target: string, flags: number): void {
-  if (c.umount2(target, flags) < 0) fail('umount2', target);
 }
 
 /** Points descriptor `target` at what `source` refers to (Node has no dup2). */
@@ -154,6 +147,18 @@ export function copyFileRange(src: number, srcPos: number, dst: number, dstPos: 
   return n;
 }
 
+/** fallocate(2) on an open descriptor: mode 0 allocates, FALLOC_FL_* flags keep the size, punch holes, ... */
+export function fallocate(fd: number, mode: number, offset: number, length: number): void {
+  if (c.fallocate(fd, mode, offset, length) < 0) fail('fallocate', `fd ${fd}`);
+}
+
+/** lseek(2): the new offset (SEEK_DATA and SEEK_HOLE answer ENXIO past the last data or hole). */
+export function seek(fd: number, offset: number, whence: number): number {
+  const n = Number(c.lseek(fd, offset, whence));
+  if (n < 0) fail('lseek', `fd ${fd}`);
+  return n;
+}
+
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 
@@ -163,17 +168,3 @@ export function tryLockExclusive(fd: number): boolean {
   if (koffi.errno() === koffi.os.errno.EWOULDBLOCK) return false;
   fail('flock', `fd ${fd}`);
 }
-
-/** Copies `length` bytes at native address `address` into a new Buffer. */
-export function peek(address: bigint, length: number): Buffer {
-  const buf = Buffer.alloc(length);
-  c.peek(buf, address, length);
-  return buf;
-}
-
-/** Writes `data` at native address `address`. */
-export function poke(address: bigint, data: Buffer): void {
-  c.poke(address, data, data.length);
-}
-
-export const UTIME_NOW = (1 << 30) - 1;

@@ -90,7 +90,8 @@ describe('mount lifecycle', requires('root', 'fuse'), () => {
       assert.ok(await eventually(() => isMounted(mnt)), 'mounted');
       assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'hello');
       assert.ok(await eventually(() => /ts-overlayfs:op read \/hello.txt \d+@0 -> 5/.test(stderr)), `the read is logged:\n${stderr}`);
-      assert.match(stderr, /ts-overlayfs:op open \/hello.txt -> ok/);
+      assert.match(stderr, /ts-overlayfs:op lookup \/ hello.txt -> #\d+/);
+      assert.match(stderr, /ts-overlayfs:op open \/hello.txt flags \d+ -> ok/);
       assert.equal(child.exitCode, null, 'still running: -d did not daemonize');
     } finally {
       child.kill('SIGTERM');

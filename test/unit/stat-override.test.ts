@@ -4,7 +4,7 @@ import { closeSync, lchownSync, lstatSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { Errno } from '../../src/errors';
-import { Overlay } from '../../src/overlay/overlay';
+import { PathOverlay as Overlay } from '../helpers/path-overlay';
 import {
   OVERRIDE_CONTAINERS, OVERRIDE_PRIVILEGED, OVERRIDE_USER, formatOverride, parseOverride, type XattrPermissions,
 } from '../../src/overlay/stat-override';
