@@ -347,8 +347,8 @@ describe('mounting from the command line', { ...requires('root', 'fuse'), timeou
     assert.deepEqual(listing(lower), lowerBefore, 'the lower is unchanged');
   });
 
-  // fuse-overlayfs hands diratime and a bare max_write to libfuse, which refuses them (libfuse 3
-  // there, 2 here): the mount fails, and libfuse 2's half-made mount must not stay behind.
+  // fuse-overlayfs hands diratime and a bare max_write to libfuse, which refuses them (libfuse 2
+  // and 3 alike): the mount fails, and nothing is left mounted or running.
   test('13. a libfuse option libfuse refuses fails the mount and leaves nothing', () => {
     const [mnt] = mkdirs(root, 'mnt13');
     for (const opt of ['diratime', 'max_write']) {

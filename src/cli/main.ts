@@ -21,8 +21,8 @@ function fail(message: string): number {
 /** Mounts, then stays until SIGTERM/SIGINT or an outside unmount. */
 async function runServer(config: MountConfig, onReady: () => void): Promise<number> {
   if (config.debug) enableDebug();
-  // The handlers go in before the mount: the kernel lists the mount before fuse-native says it
-  // is ready, and a signal in that gap would otherwise kill the process and leave it mounted.
+  // The handlers go in before the mount: the kernel lists the mount before INIT is answered,
+  // and a signal in that gap would otherwise kill the process and leave it mounted.
   let served: Served | undefined;
   let pending: string | undefined;
   let stopping = false;
@@ -75,7 +75,7 @@ async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  // fuse-native's native thread would keep the process alive after the unmount.
+  // A pool thread may still be polling the device (its poll ends within a fraction of a second).
   (code) => process.exit(code),
   (err) => process.exit(fail(String(err))),
 );

@@ -5,8 +5,8 @@
  *    and switches must be bare, anything else is an unknown option (`fsync` alone, `noacl=1`);
  *  - numeric values are read like sscanf("%d"): the leading integer, junk after it ignored,
  *    no digits at all an error (`fsync=abc`);
- *  - the libfuse options it keeps for libfuse are passed on to libfuse here (libfuse 2 then
- *    takes or refuses them, as libfuse 3 does there);
+ *  - the libfuse options it keeps for libfuse are kept here too, and config.ts turns them into
+ *    mount options (or refuses them, as its libfuse 3 does);
  *  - anything else is reported (`unknown argument ignored: ARG`) and dropped, as it does.
  * Two options are ours alone: `fsname=` and `userxattr`.
  */
