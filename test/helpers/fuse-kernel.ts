@@ -48,6 +48,8 @@ export interface SendOptions {
   readonly ext?: Buffer;
   /** FORGET, INTERRUPT and the like: an answer to it is a fault. */
   readonly noReply?: boolean;
+  /** A header len other than the message's (a malformed request). */
+  readonly len?: number;
 }
 
 export interface InitFields {
@@ -147,7 +149,7 @@ export class FakeKernel {
     this.nextUnique += 2;
     const ext = o.ext ?? Buffer.alloc(0);
     const msg = Buffer.alloc(Size.IN_HEADER + body.length + ext.length);
-    msg.writeUInt32LE(msg.length, 0);
+    msg.writeUInt32LE(o.len ?? msg.length, 0);
     msg.writeUInt32LE(opcode, 4);
     msg.writeBigUInt64LE(BigInt(unique), 8);
     msg.writeBigUInt64LE(BigInt(o.nodeId ?? 1), 16);
@@ -177,6 +179,12 @@ export class FakeKernel {
         await sleep(1);
       }
     }
+  }
+
+  /** Whether the answer to `unique` has come (and is not yet taken by reply()). */
+  hasAnswer(unique: number): boolean {
+    while (this.readOne());
+    return this.arrived.has(unique);
   }
 
   /** Sends a request and waits for its answer. */
