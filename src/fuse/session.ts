@@ -303,6 +303,18 @@ export class Session {
     encoded.sent?.();
   }
 
+  /**
+   * forget has no answer to carry an error: one it throws is reported, and the rest of a
+   * batch is still forgotten (thrown from here it would end the serving loop).
+   */
+  private forget(node: number, count: number): void {
+    try {
+      this.fs.forget?.(node, count);
+    } catch (err) {
+      this.options.onBug?.('forget', err);
+    }
+  }
+
   private readBufferSize(): number {
     return Size.OUT_HEADER + this.maxWrite;
   }
@@ -334,12 +346,12 @@ export class Session {
       case Op.DESTROY:
         return this.call(req, () => fs.destroy?.(), () => 0);
       case Op.FORGET:
-        fs.forget?.(node, readU64(buf, body));
+        this.forget(node, readU64(buf, body));
         return;
       case Op.BATCH_FORGET: {
         const count = buf.readUInt32LE(body);
         for (let i = 0, off = body + 8; i < count && off + Size.FORGET_ONE <= end; i++, off += Size.FORGET_ONE) {
-          fs.forget?.(readU64(buf, off), readU64(buf, off + 8));
+          this.forget(readU64(buf, off), readU64(buf, off + 8));
         }
         return;
       }
@@ -588,7 +600,7 @@ export class Session {
       length: listing.length,
     }), () => {
       // Entries taken for an answer that is not sent count no lookup in the kernel.
-      for (const e of listing.taken) fs.forget?.(e.nodeId, 1);
+      for (const e of listing.taken) this.forget(e.nodeId, 1);
     });
   }
 
