@@ -126,6 +126,7 @@ export class Session {
   private scheduled = false;
   private watching = false;
   private ended = false;
+  private destroyed = false;
   private readonly endedPromise: Promise<void>;
   private resolveEnded!: () => void;
   private rejectEnded!: (err: Error) => void;
@@ -214,11 +215,18 @@ export class Session {
     this.ended = true;
     closeRaw(this.fd);
     try {
-      this.fs.destroy?.();
+      this.destroy();
     } finally {
       if (err) this.rejectEnded(err);
       else this.resolveEnded();
     }
+  }
+
+  /** destroy pairs with init, as in libfuse: once, after a DESTROY or when the device closes, whichever comes first. */
+  private destroy(): void {
+    if (this.destroyed || this.connection === null) return;
+    this.destroyed = true;
+    this.fs.destroy?.();
   }
 
   private send(unique: number, error: number, buf: Buffer, length: number): void {
@@ -344,7 +352,7 @@ export class Session {
       case Op.INIT:
         return this.init(req, buf, body, end - body);
       case Op.DESTROY:
-        return this.call(req, () => fs.destroy?.(), () => 0);
+        return this.call(req, () => this.destroy(), () => 0);
       case Op.FORGET:
         this.forget(node, readU64(buf, body));
         return;
