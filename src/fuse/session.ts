@@ -76,6 +76,9 @@ function isPromise<T>(v: Awaitable<T>): v is Promise<T> {
 /** Requests allowed from anyone under allowedUids: they act on files already open (libfuse's list). */
 const OPEN_FILE_OPS = new Set<number>([Op.INIT, Op.READ, Op.WRITE, Op.FSYNC, Op.RELEASE, Op.READDIR, Op.FSYNCDIR, Op.RELEASEDIR, Op.READDIRPLUS, Op.NOTIFY_REPLY, Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT]);
 
+/** Requests the kernel expects no answer to. */
+const NO_ANSWER = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY]);
+
 /** A reply in a buffer of its own (header space included), and what to do with the buffer once sent. */
 interface OwnReply {
   readonly buf: Buffer;
@@ -340,7 +343,8 @@ export class Session {
     const fs = this.fs;
     const node = h.nodeId;
     if (this.connection === null && h.opcode !== Op.INIT) {
-      this.sendError(req, E.EIO);
+      // Even before INIT, what wants no answer gets none.
+      if (!NO_ANSWER.has(h.opcode)) this.sendError(req, E.EIO);
       return;
     }
     const allowed = this.options.allowedUids;
