@@ -59,11 +59,18 @@ export interface SessionOptions {
   readonly onBug?: (op: string, err: unknown) => void;
 }
 
+/**
+ * Errnos run from 1 to 511: from 512 on are the kernel's own (ERESTARTSYS...), and libuv's
+ * codes (UNKNOWN -4094, EAI_* -3000...) that Node's errors carry are no errno at all. The
+ * kernel refuses an answer with such an error, and the request would stay unanswered.
+ */
+const MAX_ERRNO = 511;
+
 /** The positive errno an error carries: ours (positive), Node's (negative), or a code only. */
 export function errnoOf(err: unknown): number | null {
   if (err && typeof err === 'object') {
     const e = err as { errno?: unknown; code?: unknown };
-    if (typeof e.errno === 'number' && e.errno !== 0) return Math.abs(e.errno);
+    if (typeof e.errno === 'number' && e.errno !== 0 && Math.abs(e.errno) <= MAX_ERRNO) return Math.abs(e.errno);
     if (typeof e.code === 'string' && typeof (E as Record<string, number>)[e.code] === 'number') return (E as Record<string, number>)[e.code];
   }
   return null;
