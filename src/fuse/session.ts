@@ -40,11 +40,13 @@ const IDLE_POLL_MS = 1000;
  */
 const WATCH_POLL_MS = 250;
 const PAGE = 4096;
+/** Pages a request carries at most without FUSE_MAX_PAGES (the kernel's FUSE_DEFAULT_MAX_PAGES_PER_REQ). */
+const DEFAULT_MAX_PAGES = 32;
 
 export interface SessionOptions {
   /** Init flags asked for; those the kernel offers are used. */
   readonly want: bigint;
-  /** Largest write (and read) request, in bytes. */
+  /** Largest write request, in bytes; reads come in up to the max_pages it implies (32 pages without FUSE_MAX_PAGES). */
   readonly maxWrite: number;
   /** Requests the kernel may have outstanding in the background (readahead, async reads). */
   readonly maxBackground?: number;
@@ -133,6 +135,11 @@ export class Session {
   private readonly pending = new Map<number, Request>();
   private connection: Connection | null = null;
   private maxWrite: number;
+  /**
+   * Largest read the kernel sends: max_pages pages, whatever max_write is (reads are not
+   * bound by it), so a read is never cut short, which the kernel would take for end of file.
+   */
+  private maxRead = DEFAULT_MAX_PAGES * PAGE;
   private scheduled = false;
   private watching = false;
   private ended = false;
@@ -334,7 +341,7 @@ export class Session {
   }
 
   private readBufferSize(): number {
-    return Size.OUT_HEADER + this.maxWrite;
+    return Size.OUT_HEADER + this.maxRead;
   }
 
   private dispatch(n: number): void {
@@ -564,8 +571,9 @@ export class Session {
       maxPages = Math.max(1, Math.ceil(this.maxWrite / PAGE));
     } else {
       // Without max_pages the kernel sends at most 32 pages a request.
-      this.maxWrite = Math.min(this.maxWrite, 32 * PAGE);
+      this.maxWrite = Math.min(this.maxWrite, DEFAULT_MAX_PAGES * PAGE);
     }
+    this.maxRead = (maxPages || DEFAULT_MAX_PAGES) * PAGE;
     // flags2 is read only with FUSE_INIT_EXT on both sides.
     if (flags >> 32n !== 0n) flags |= BigInt(Init.INIT_EXT);
     const maxBackground = this.options.maxBackground ?? 12;
@@ -590,7 +598,7 @@ export class Session {
     const fs = this.fs;
     const fh = readU64(buf, body);
     const offset = readU64(buf, body + 8);
-    const size = Math.min(buf.readUInt32LE(body + 16), this.maxWrite);
+    const size = Math.min(buf.readUInt32LE(body + 16), this.maxRead);
     if (!fs.read) return this.sendError(req, E.ENOSYS);
     // The data is read straight into its reply, in a buffer the request keeps until answered.
     const own = this.spareRead.pop() ?? Buffer.allocUnsafe(this.readBufferSize());
