@@ -231,19 +231,24 @@ export class Session {
     if (this.ended) return;
     this.ended = true;
     closeRaw(this.fd);
-    try {
-      this.destroy();
-    } finally {
-      if (err) this.rejectEnded(err);
-      else this.resolveEnded();
-    }
+    this.destroy();
+    if (err) this.rejectEnded(err);
+    else this.resolveEnded();
   }
 
-  /** destroy pairs with init, as in libfuse: once, after a DESTROY or when the device closes, whichever comes first. */
+  /**
+   * destroy pairs with init, as in libfuse: once, after a DESTROY or when the device closes,
+   * whichever comes first. What it throws is reported: the session ends all the same (from
+   * the serving loop it would be an uncaught exception).
+   */
   private destroy(): void {
     if (this.destroyed || this.connection === null) return;
     this.destroyed = true;
-    this.fs.destroy?.();
+    try {
+      this.fs.destroy?.();
+    } catch (err) {
+      this.options.onBug?.('destroy', err);
+    }
   }
 
   private send(unique: number, error: number, buf: Buffer, length: number): void {

@@ -947,6 +947,20 @@ describe('readdir and readdirplus', () => {
   });
 });
 
+describe('log', () => {
+  test('a line for INIT, and one for each answer', async () => {
+    const lines: string[] = [];
+    const fs: FileSystem = { lookup: (_r, _p, name) => (name.toString() === 'a' ? entryOf(2) : Promise.reject(errnoError(E.ENOENT))) };
+    await withSession(fs, async (k) => {
+      await k.call(Op.LOOKUP, cstr('a'), { nodeId: 1 });
+      await k.call(Op.LOOKUP, cstr('b'), { nodeId: 1 });
+    }, { log: (line) => void lines.push(line) });
+    assert.match(lines[0], /^init 7\.38 flags [0-9a-f]+ max_write 65536$/);
+    assert.ok(lines.includes('lookup #1 -> ok'), lines.join('\n'));
+    assert.ok(lines.includes('lookup #1 -> ENOENT'), lines.join('\n'));
+  });
+});
+
 describe('allowedUids', () => {
   test('others get EACCES, but for the requests on files they hold open; root and the allowed pass', async () => {
     const { fs, calls } = recorder({
@@ -992,6 +1006,22 @@ describe('the end of the connection', () => {
     assert.equal(k.outcome, 'resolved');
     assert.ok(k.session.isEnded);
     assert.equal(destroyed, 1);
+  });
+
+  test('a destroy that throws is reported; run() still resolves', async () => {
+    const bugs: [string, unknown][] = [];
+    const oops = new Error('destroy failed');
+    const k = new FakeKernel({ destroy: () => { throw oops; } }, { ...DEFAULT_OPTIONS, onBug: (op, err) => void bugs.push([op, err]) });
+    try {
+      k.send(Op.INIT, initBody());
+      k.hold();
+      k.start();
+      await k.settle();
+    } finally {
+      await k.close();
+    }
+    assert.equal(k.outcome, 'resolved');
+    assert.deepEqual(bugs, [['destroy', oops]]);
   });
 
   test('close(): run() resolves, the device is closed (the kernel reads end of file), later answers are dropped', async () => {
