@@ -7,10 +7,10 @@
  */
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { constants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { OvlError } from '../../src/errors';
 import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, Init, Op, Size } from '../../src/fuse/protocol';
 import type { SessionOptions } from '../../src/fuse/session';
@@ -23,6 +23,10 @@ import {
 
 const E = constants.errno;
 const PAGE = 4096;
+
+// No test leaves a descriptor open: each closes both ends of its pair, whatever happened.
+const fdsBefore = readdirSync('/proc/self/fd').length;
+after(() => assert.equal(readdirSync('/proc/self/fd').length, fdsBefore, 'descriptors left open'));
 
 function attrOf(ino: number, mode = 0o100644): Attr {
   return {
