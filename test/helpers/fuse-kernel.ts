@@ -62,11 +62,6 @@ export interface InitFields {
   short?: boolean;
 }
 
-export const u16 = (v: number): Buffer => {
-  const b = Buffer.alloc(2);
-  b.writeUInt16LE(v);
-  return b;
-};
 export const u32 = (v: number): Buffer => {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(v >>> 0);
