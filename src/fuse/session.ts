@@ -9,8 +9,9 @@
  *  - Waiting (some method's promise is outstanding: a copy, an fsync in the thread pool):
  *    the event loop must run to complete it, so this thread returns to it and one pool thread
  *    polls the device instead; whatever is queued is then served in one go.
- * The loop returns to the event loop at least every SLICE_MS, and whenever poll is
- * interrupted, so signal handlers and timers run.
+ * While requests keep coming the loop returns to the event loop at least every SLICE_MS; an
+ * idle poll waits at most IDLE_POLL_MS, and a signal interrupts it: signal handlers and
+ * timers run that late at worst.
  *
  * Every request is answered exactly once: the answer is the method's return value (or its
  * error), sent when it is known; FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY are never
@@ -40,11 +41,15 @@ const IDLE_POLL_MS = 1000;
  */
 const WATCH_POLL_MS = 250;
 const PAGE = 4096;
+/** Pages a request carries at most without FUSE_MAX_PAGES (the kernel's FUSE_DEFAULT_MAX_PAGES_PER_REQ). */
+const DEFAULT_MAX_PAGES = 32;
+/** The most pages a request can carry: max_pages is 16 bits, and kernels cap it at 256 by default. */
+const MAX_PAGES_LIMIT = 256;
 
 export interface SessionOptions {
   /** Init flags asked for; those the kernel offers are used. */
   readonly want: bigint;
-  /** Largest write (and read) request, in bytes. */
+  /** Largest write request, in bytes; reads come in up to the max_pages it implies (32 pages without FUSE_MAX_PAGES). */
   readonly maxWrite: number;
   /** Requests the kernel may have outstanding in the background (readahead, async reads). */
   readonly maxBackground?: number;
@@ -61,11 +66,18 @@ export interface SessionOptions {
   readonly onBug?: (op: string, err: unknown) => void;
 }
 
+/**
+ * Errnos run from 1 to 511: from 512 on are the kernel's own (ERESTARTSYS...), and libuv's
+ * codes (UNKNOWN -4094, EAI_* -3000...) that Node's errors carry are no errno at all. The
+ * kernel refuses an answer with such an error, and the request would stay unanswered.
+ */
+const MAX_ERRNO = 511;
+
 /** The positive errno an error carries: ours (positive), Node's (negative), or a code only. */
 export function errnoOf(err: unknown): number | null {
   if (err && typeof err === 'object') {
     const e = err as { errno?: unknown; code?: unknown };
-    if (typeof e.errno === 'number' && e.errno !== 0) return Math.abs(e.errno);
+    if (typeof e.errno === 'number' && e.errno !== 0 && Math.abs(e.errno) <= MAX_ERRNO) return Math.abs(e.errno);
     if (typeof e.code === 'string' && typeof (E as Record<string, number>)[e.code] === 'number') return (E as Record<string, number>)[e.code];
   }
   return null;
@@ -77,6 +89,9 @@ function isPromise<T>(v: Awaitable<T>): v is Promise<T> {
 
 /** Requests allowed from anyone under allowedUids: they act on files already open (libfuse's list). */
 const OPEN_FILE_OPS = new Set<number>([Op.INIT, Op.READ, Op.WRITE, Op.FSYNC, Op.RELEASE, Op.READDIR, Op.FSYNCDIR, Op.RELEASEDIR, Op.READDIRPLUS, Op.NOTIFY_REPLY, Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT]);
+
+/** Requests the kernel expects no answer to. */
+const NO_ANSWER = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY]);
 
 /** A request with what the log says of its arguments. */
 type Traced = Request & { detail?: string };
@@ -128,9 +143,15 @@ export class Session {
   private readonly pending = new Map<number, Request>();
   private connection: Connection | null = null;
   private maxWrite: number;
+  /**
+   * Largest read the kernel sends: max_pages pages, whatever max_write is (reads are not
+   * bound by it), so a read is never cut short, which the kernel would take for end of file.
+   */
+  private maxRead = DEFAULT_MAX_PAGES * PAGE;
   private scheduled = false;
   private watching = false;
   private ended = false;
+  private destroyed = false;
   private readonly endedPromise: Promise<void>;
   private resolveEnded!: () => void;
   private rejectEnded!: (err: Error) => void;
@@ -218,11 +239,23 @@ export class Session {
     if (this.ended) return;
     this.ended = true;
     closeRaw(this.fd);
+    this.destroy();
+    if (err) this.rejectEnded(err);
+    else this.resolveEnded();
+  }
+
+  /**
+   * destroy pairs with init, as in libfuse: once, after a DESTROY or when the device closes,
+   * whichever comes first. What it throws is reported: the session ends all the same (from
+   * the serving loop it would be an uncaught exception).
+   */
+  private destroy(): void {
+    if (this.destroyed || this.connection === null) return;
+    this.destroyed = true;
     try {
       this.fs.destroy?.();
-    } finally {
-      if (err) this.rejectEnded(err);
-      else this.resolveEnded();
+    } catch (err) {
+      this.options.onBug?.('destroy', err);
     }
   }
 
@@ -316,8 +349,20 @@ export class Session {
     encoded.sent?.();
   }
 
+  /**
+   * forget has no answer to carry an error: one it throws is reported, and the rest of a
+   * batch is still forgotten (thrown from here it would end the serving loop).
+   */
+  private forget(node: number, count: number): void {
+    try {
+      this.fs.forget?.(node, count);
+    } catch (err) {
+      this.options.onBug?.('forget', err);
+    }
+  }
+
   private readBufferSize(): number {
-    return Size.OUT_HEADER + this.maxWrite;
+    return Size.OUT_HEADER + this.maxRead;
   }
 
   private dispatch(n: number): void {
@@ -334,7 +379,8 @@ export class Session {
     const fs = this.fs;
     const node = h.nodeId;
     if (this.connection === null && h.opcode !== Op.INIT) {
-      this.sendError(req, E.EIO);
+      // Even before INIT, what wants no answer gets none.
+      if (!NO_ANSWER.has(h.opcode)) this.sendError(req, E.EIO);
       return;
     }
     const allowed = this.options.allowedUids;
@@ -346,14 +392,14 @@ export class Session {
       case Op.INIT:
         return this.init(req, buf, body, end - body);
       case Op.DESTROY:
-        return this.call(req, () => fs.destroy?.(), () => 0);
+        return this.call(req, () => this.destroy(), () => 0);
       case Op.FORGET:
-        fs.forget?.(node, readU64(buf, body));
+        this.forget(node, readU64(buf, body));
         return;
       case Op.BATCH_FORGET: {
         const count = buf.readUInt32LE(body);
         for (let i = 0, off = body + 8; i < count && off + Size.FORGET_ONE <= end; i++, off += Size.FORGET_ONE) {
-          fs.forget?.(readU64(buf, off), readU64(buf, off + 8));
+          this.forget(readU64(buf, off), readU64(buf, off + 8));
         }
         return;
       }
@@ -544,11 +590,14 @@ export class Session {
     let flags = this.options.want & k.flags;
     let maxPages = 0;
     if ((flags & BigInt(Init.MAX_PAGES)) !== 0n) {
-      maxPages = Math.max(1, Math.ceil(this.maxWrite / PAGE));
+      // The kernel takes no more than its fuse_max_pages_limit (256 by default) anyway.
+      maxPages = Math.min(MAX_PAGES_LIMIT, Math.max(1, Math.ceil(this.maxWrite / PAGE)));
+      this.maxWrite = Math.min(this.maxWrite, maxPages * PAGE);
     } else {
       // Without max_pages the kernel sends at most 32 pages a request.
-      this.maxWrite = Math.min(this.maxWrite, 32 * PAGE);
+      this.maxWrite = Math.min(this.maxWrite, DEFAULT_MAX_PAGES * PAGE);
     }
+    this.maxRead = (maxPages || DEFAULT_MAX_PAGES) * PAGE;
     // flags2 is read only with FUSE_INIT_EXT on both sides.
     if (flags >> 32n !== 0n) flags |= BigInt(Init.INIT_EXT);
     const maxBackground = this.options.maxBackground ?? 12;
@@ -563,8 +612,15 @@ export class Session {
       timeGran: 1,
       maxPages,
     });
-    this.connection = { major: KERNEL_VERSION, minor, offered: k.flags, flags, maxWrite: this.maxWrite, maxReadahead: k.maxReadahead, maxPages };
-    this.fs.init?.(this.connection);
+    const connection = { major: KERNEL_VERSION, minor, offered: k.flags, flags, maxWrite: this.maxWrite, maxReadahead: k.maxReadahead, maxPages };
+    try {
+      this.fs.init?.(connection);
+    } catch (err) {
+      // A file system that cannot start refuses the mount: the kernel fails every access.
+      this.sendError(req, E.EIO);
+      return this.finish(err instanceof Error ? err : new Error(String(err)));
+    }
+    this.connection = connection;
     this.options.log?.(`init 7.${minor} flags ${flags.toString(16)} max_write ${this.maxWrite}`);
     this.send(req.unique, 0, this.out, Size.OUT_HEADER + length2);
   }
@@ -573,7 +629,7 @@ export class Session {
     const fs = this.fs;
     const fh = readU64(buf, body);
     const offset = readU64(buf, body + 8);
-    const size = Math.min(buf.readUInt32LE(body + 16), this.maxWrite);
+    const size = Math.min(buf.readUInt32LE(body + 16), this.maxRead);
     if (!fs.read) return this.sendError(req, E.ENOSYS);
     // The data is read straight into its reply, in a buffer the request keeps until answered.
     const own = this.spareRead.pop() ?? Buffer.allocUnsafe(this.readBufferSize());
@@ -602,7 +658,7 @@ export class Session {
       length: listing.length,
     }), () => {
       // Entries taken for an answer that is not sent count no lookup in the kernel.
-      for (const e of listing.taken) fs.forget?.(e.nodeId, 1);
+      for (const e of listing.taken) this.forget(e.nodeId, 1);
     });
   }
 

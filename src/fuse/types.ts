@@ -130,7 +130,10 @@ export interface Connection {
 export interface FileSystem {
   /** Called once INIT is settled, before any other request. */
   init?(connection: Connection): void;
-  /** The kernel ends the session (umount of a fuseblk mount); also called when the device closes. */
+  /**
+   * The kernel ends the session (umount of a fuseblk mount); also called when the device
+   * closes. Called once, and only after init.
+   */
   destroy?(): void;
 
   lookup?(req: Request, parent: number, name: Buffer): Awaitable<Entry>;

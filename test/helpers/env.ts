@@ -6,12 +6,13 @@ import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
+import { FUSE_HEADER } from './c-structs';
 import assert from 'node:assert/strict';
 
 export const REPO = join(__dirname, '..', '..', '..');
 export const BIN = join(REPO, 'bin', 'ts-overlayfs');
 
-export type Need = 'root' | 'fuse' | 'kernel-overlay' | 'fuse-overlayfs';
+export type Need = 'root' | 'fuse' | 'kernel-overlay' | 'fuse-overlayfs' | 'fuse-header';
 
 function has(need: Need): boolean {
   switch (need) {
@@ -29,6 +30,9 @@ function has(need: Need): boolean {
         existsSync('/sys/module/overlay');
     case 'fuse-overlayfs':
       return spawnSync('fuse-overlayfs', ['--version']).status === 0;
+    case 'fuse-header':
+      // include/uapi/linux/fuse.h as installed by linux-libc-dev: the layouts the wire tests check against.
+      return existsSync(FUSE_HEADER);
   }
 }
 
