@@ -115,17 +115,28 @@ function makeWhiteout(path: RealPath): void {
   lchownSync(path, process.getuid?.() ?? 0, process.getgid?.() ?? 0);
 }
 
+/** The longest name a directory entry may have (NAME_MAX). */
+const NAME_MAX = 255;
+
+/** `.wh.NAME`, or null where that is longer than any name can be (so no such file exists). */
+function aufsWhiteoutName(name: string): string | null {
+  return WHITEOUT_PREFIX.length + name.length > NAME_MAX ? null : `${WHITEOUT_PREFIX}${name}`;
+}
+
 /** The AUFS-style whiteout of NAME in DIR's upper layer: an empty `.wh.NAME` file, mode 0. */
 function makeAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): void {
+  const wh = aufsWhiteoutName(name);
+  if (wh === null) throw errorFor('ENAMETOOLONG', `${WHITEOUT_PREFIX}${name}`);
   try {
-    writeFileSync(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`), '', { mode: 0, flag: 'wx' });
+    writeFileSync(upperPathOf(ctx, dir, wh), '', { mode: 0, flag: 'wx' });
   } catch (err) {
     if (!hasCode(err, 'EEXIST')) throw err;
   }
 }
 
 function hasAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): boolean {
-  return lstatxOrNull(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`)) !== null;
+  const wh = aufsWhiteoutName(name);
+  return wh !== null && lstatxOrNull(upperPathOf(ctx, dir, wh)) !== null;
 }
 
 /**
@@ -134,8 +145,10 @@ function hasAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): boolean
  * Removed after NAME is in place, so a crash in between never shows the lower NAME again.
  */
 function dropAufsWhiteout(ctx: WriteContext, dir: OvlNode, name: string): void {
+  const wh = aufsWhiteoutName(name);
+  if (wh === null) return;
   try {
-    unlinkSync(upperPathOf(ctx, dir, `${WHITEOUT_PREFIX}${name}`));
+    unlinkSync(upperPathOf(ctx, dir, wh));
   } catch (err) {
     if (!hasCode(err, 'ENOENT')) throw err;
   }

@@ -365,6 +365,20 @@ describe('namespace changes', requires('root'), () => {
     assert.deepEqual(await names(f.ov, '/target'), ['new']);
   });
 
+  test('names of 255 bytes work in create, mkdir, symlink, unlink over a lower name and rename; 256 bytes are ENAMETOOLONG', async () => {
+    const name = (c: string) => c.repeat(255);
+    const f = await fixture([{ [name('l')]: { kind: 'file', data: 'lower' } }]);
+    await f.ov.release(await f.ov.create(`/${name('f')}`, 0o644));
+    await f.ov.mkdir(`/${name('d')}`, 0o755);
+    await f.ov.symlink('target', `/${name('s')}`);
+    await f.ov.unlink(`/${name('l')}`);
+    assert.ok(isWhiteout(join(f.upper, name('l'))), 'the lower name is whited out');
+    await f.ov.rename(`/${name('f')}`, `/${name('l')}`);
+    assert.deepEqual(await names(f.ov, '/'), [name('d'), name('l'), name('s')].sort());
+    assert.equal(await errno(f.ov.getattr(`/${'x'.repeat(256)}`)), Errno.ENAMETOOLONG);
+    assert.equal(await errno(f.ov.mkdir(`/${'x'.repeat(256)}`, 0o755)), Errno.ENAMETOOLONG);
+  });
+
   test('names starting with .wh. cannot be made; the overlay\'s xattrs cannot be set', async () => {
     const f = await fixture([{ f: { kind: 'file' } }]);
     assert.equal(await errno(f.ov.create('/.wh.x', 0o644)), Errno.EINVAL);
