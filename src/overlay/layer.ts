@@ -6,7 +6,7 @@
  */
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { errorFor } from '../errors';
-import { lstatx } from '../sys/stat';
+import { lstatx, lstatxAt, type Stat } from '../sys/stat';
 
 /** One real directory of the overlay. Index 0 is the top; the upper, if any, is index 0. */
 export interface Layer {
@@ -39,6 +39,11 @@ export function bytes(name: string): Buffer {
  */
 export function layerPath(layer: Layer, rel: string): Buffer {
   return Buffer.from(`${layer.root}/${rel === '' ? '.' : rel}`, 'latin1');
+}
+
+/** lstat of relative overlay path `rel` in a layer, through the layer's descriptor; null if nothing is there. */
+export function statInLayer(layer: Layer, rel: string): Stat | null {
+  return lstatxAt(layer.fd, rel === '' ? '' : Buffer.from(rel, 'latin1'));
 }
 
 /** A real path and one more name below it. */

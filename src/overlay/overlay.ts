@@ -12,7 +12,7 @@ import { setattr as setAttributes, removexattr as removeXattr, setxattr as setXa
 import { copyUp, copyUpDirChain, glibcDev } from './copy-up';
 import { isPrivateXattr } from './format';
 import { IdMap, type IdMapOptions } from './idmap';
-import { closeLayers, openLayers, type Layer } from './layer';
+import { closeLayers, openLayers, statInLayer, type Layer } from './layer';
 import type { OvlNode } from './node';
 import { StatOverrides, type XattrPermissions } from './stat-override';
 import { OverlayTree } from './tree';
@@ -522,7 +522,11 @@ export class Overlay {
 
   /** What stat says of the node's real file, or of what is left of it once removed. */
   private realStat(node: OvlNode): Stat {
-    if (!node.removed || !node.layer.upper) return lstatx(node.realPath);
+    if (!node.removed || !node.layer.upper) {
+      const st = statInLayer(node.layer, node.path);
+      if (st === null) throw errorFor('ENOENT', node.path);
+      return st;
+    }
     // A removed upper file keeps its data at a second name while open: that name is no link of the file's own.
     if (node.detachedAt) return { ...lstatx(node.detachedAt), nlink: 0 };
     for (const fd of node.fds) return fstatx(fd);

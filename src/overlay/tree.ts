@@ -18,7 +18,7 @@ import { lgetxattrOrNull } from '../sys/libc';
 import { lstatx, lstatxOrNull, type Stat } from '../sys/stat';
 import { isOpaqueValue, OPAQUE_WHITEOUT, OPAQUE_XATTRS } from './format';
 import { InodeNumbers, originInoXattr, parseOriginIno } from './inodes';
-import { childPath, layerPath, type Layer } from './layer';
+import { childPath, layerPath, statInLayer, type Layer } from './layer';
 import type { LayerListing } from './listing';
 import { OvlNode } from './node';
 
@@ -97,10 +97,10 @@ export class OverlayTree {
     if (found.length === 0) return null;
     const top = found[0];
     const rel = dir.path === '' ? name : `${dir.path}/${name}`;
-    const real = layerPath(top, rel);
     // The listing said it was there; if it is not, a layer changed under the mount.
-    const st = lstatxOrNull(real);
+    const st = statInLayer(top, rel);
     if (st === null) return null;
+    const real = layerPath(top, rel);
     const type = st.mode & S_IFMT;
     if (type !== S_IFDIR && top.upper) {
       const same = this.uppers.get(identityOf(st));

@@ -83,6 +83,18 @@ export function lstatxOrNull(path: PathArg): Stat | null {
   fail('statx', path);
 }
 
+/**
+ * lstat of `rel` below the directory descriptor `dirfd` ('' for the directory itself):
+ * resolving a /proc/self/fd/N path costs several times the stat itself.
+ */
+export function lstatxAt(dirfd: number, rel: PathArg): Stat | null {
+  const empty = rel.length === 0;
+  if (statx(dirfd, empty ? '' : cPath(rel), AT_SYMLINK_NOFOLLOW | (empty ? AT_EMPTY_PATH : 0), STATX_BASIC_STATS, buf) === 0) return decode();
+  const e = errno();
+  if (e === 2 || e === 20) return null;
+  fail('statx', rel);
+}
+
 /** fstat: the file an open descriptor refers to. */
 export function fstatx(fd: number): Stat {
   if (statx(fd, '', AT_EMPTY_PATH, STATX_BASIC_STATS, buf) < 0) fail('statx', `fd ${fd}`);
