@@ -248,13 +248,12 @@ export function direntPlusSize(nameLen: number): number {
   return Size.ENTRY_OUT + direntSize(nameLen);
 }
 
-const NO_ENTRY: Entry = {
-  nodeId: 0,
-  generation: 0,
-  entryTimeout: 0,
-  attrTimeout: 0,
-  attr: { ino: 0, size: 0, blocks: 0, atime: 0, atimeNsec: 0, mtime: 0, mtimeNsec: 0, ctime: 0, ctimeNsec: 0, mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0 },
-};
+/** Attributes of nothing: what a negative entry, or a name-only readdirplus entry, carries. */
+export const NO_ATTR: Attr = Object.freeze({
+  ino: 0, size: 0, blocks: 0, atime: 0, atimeNsec: 0, mtime: 0, mtimeNsec: 0, ctime: 0, ctimeNsec: 0, mode: 0, nlink: 0, uid: 0, gid: 0, rdev: 0, blksize: 0,
+});
+
+const NO_ENTRY: Entry = { nodeId: 0, generation: 0, entryTimeout: 0, attrTimeout: 0, attr: NO_ATTR };
 
 export function writeDirentPlus(buf: Buffer, off: number, name: Buffer, entry: Entry | null, ino: number, type: number, next: number): number {
   writeEntryOut(buf, off, entry ?? NO_ENTRY);

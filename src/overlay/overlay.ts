@@ -68,25 +68,8 @@ function mayChown(): boolean {
 
 const ACL_XATTRS = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
-/** Attributes as the mount presents them; times in seconds and nanoseconds. */
-export interface OvlStat {
-  ino: number;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  rdevMajor: number;
-  rdevMinor: number;
-  size: number;
-  blocks: number;
-  blksize: number;
-  atime: number;
-  atimeNsec: number;
-  mtime: number;
-  mtimeNsec: number;
-  ctime: number;
-  ctimeNsec: number;
-}
+/** Attributes as the mount presents them (ino, owner, mode and nlink as shown); times in seconds and nanoseconds. */
+export type OvlStat = Omit<Stat, 'dev' | 'inoHigh' | 'inoLow'>;
 
 export interface OvlDirEntry {
   /** A byte string. */
@@ -541,22 +524,12 @@ export class Overlay {
     // A lower on an id-mapped mount gives the ids to show; its overrides give stored ones.
     const alreadyShown = override === null && node.layer.idmapped;
     return {
+      ...st,
       ino: node.ino,
       mode: attrs.mode,
       uid: this.ids.shownUid(attrs.uid, alreadyShown),
       gid: this.ids.shownGid(attrs.gid, alreadyShown),
       nlink: node.isDir && (node.isMergedDir || this.config.staticNlink) && st.nlink > 0 ? 1 : st.nlink,
-      rdevMajor: st.rdevMajor,
-      rdevMinor: st.rdevMinor,
-      size: st.size,
-      blocks: st.blocks,
-      blksize: st.blksize,
-      atime: st.atime,
-      atimeNsec: st.atimeNsec,
-      mtime: st.mtime,
-      mtimeNsec: st.mtimeNsec,
-      ctime: st.ctime,
-      ctimeNsec: st.ctimeNsec,
     };
   }
 }

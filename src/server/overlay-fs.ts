@@ -12,6 +12,7 @@
 import { constants } from 'node:os';
 import type { Attr, AttrReply, Awaitable, Created, DirectorySink, Entry, FileSystem, Opened, Request, SetAttr, StatFs } from '../fuse/types';
 import { Fattr, Fopen } from '../fuse/protocol';
+import { NO_ATTR } from '../fuse/wire';
 import { errorFor } from '../errors';
 import type { AttrChanges, OvlDirEntry, OvlStat, Overlay, TimeChange } from '../overlay/overlay';
 import type { OvlNode } from '../overlay/node';
@@ -34,23 +35,7 @@ export function encodeDev(major: number, minor: number): number {
 }
 
 export function toAttr(st: OvlStat): Attr {
-  return {
-    ino: st.ino,
-    size: st.size,
-    blocks: st.blocks,
-    atime: st.atime,
-    atimeNsec: st.atimeNsec,
-    mtime: st.mtime,
-    mtimeNsec: st.mtimeNsec,
-    ctime: st.ctime,
-    ctimeNsec: st.ctimeNsec,
-    mode: st.mode,
-    nlink: st.nlink,
-    uid: st.uid,
-    gid: st.gid,
-    rdev: encodeDev(st.rdevMajor, st.rdevMinor),
-    blksize: st.blksize,
-  };
+  return { ...st, rdev: encodeDev(st.rdevMajor, st.rdevMinor) };
 }
 
 function after<A, T>(p: A | Promise<A>, then: (a: A) => T): T | Promise<T> {
@@ -112,7 +97,7 @@ export class OverlayFs implements FileSystem {
     } catch (err) {
       // A negative answer the kernel may keep, as it keeps names.
       if ((err as { errno?: number }).errno === constants.errno.ENOENT && this.options.cache.negative > 0) {
-        return { nodeId: 0, generation: 0, entryTimeout: this.options.cache.negative, attrTimeout: 0, attr: toAttr(NO_STAT) };
+        return { nodeId: 0, generation: 0, entryTimeout: this.options.cache.negative, attrTimeout: 0, attr: NO_ATTR };
       }
       throw err;
     }
@@ -276,8 +261,3 @@ export class OverlayFs implements FileSystem {
 function timeOf(now: number, sec: number, nsec: number): TimeChange {
   return now ? 'now' : { sec, nsec };
 }
-
-const NO_STAT: OvlStat = {
-  ino: 0, mode: 0, nlink: 0, uid: 0, gid: 0, rdevMajor: 0, rdevMinor: 0, size: 0, blocks: 0, blksize: 0,
-  atime: 0, atimeNsec: 0, mtime: 0, mtimeNsec: 0, ctime: 0, ctimeNsec: 0,
-};

@@ -1,19 +1,17 @@
 /**
- * Test-only system calls Node's fs lacks, through koffi (as src/sys/libc.ts): fallocate,
- * lseek with any whence, utimensat with UTIME_NOW/UTIME_OMIT, renameat2 with any flags.
- * Each throws an Error whose `code` is the errno's name (as Node's fs errors), so a test
- * can record outcomes the same way for both.
+ * System calls Node's fs lacks, for tests: fallocate, lseek with any whence and renameat2
+ * with any flags (those of src/sys/libc.ts), and utimensat with UTIME_NOW/UTIME_OMIT and a
+ * choice of following symlinks. Each throws an error whose `code` is the errno's name (as
+ * Node's fs errors), so a test records outcomes the same way for both.
  */
 import koffi from 'koffi';
 import { constants } from 'node:os';
 import { cPath, libc, type PathArg } from '../../src/sys/ffi';
+import { fallocate, renameat2, seek } from '../../src/sys/libc';
 
-const c = {
-  fallocate: libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
-  lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
-  utimensat: libc.func('int utimensat(int dirfd, const char *path, const void *times, int flags)'),
-  renameat2: libc.func('int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)'),
-};
+export { fallocate, renameat2 };
+
+const utimensatC = libc.func('int utimensat(int dirfd, const char *path, const void *times, int flags)');
 
 const AT_FDCWD = -100;
 export const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -42,16 +40,8 @@ function fail(call: string): never {
   throw Object.assign(new Error(`${call}: ${code}`), { code, errno: -no });
 }
 
-export function fallocate(fd: number, mode: number, offset: number, len: number): void {
-  if (c.fallocate(fd, mode, offset, len) < 0) fail('fallocate');
-}
-
 /** lseek with any whence; the new offset. */
-export function lseek(fd: number, offset: number, whence: number): number {
-  const r = Number(c.lseek(fd, offset, whence));
-  if (r < 0) fail('lseek');
-  return r;
-}
+export const lseek = seek;
 
 /** A time for utimensat: seconds and nanoseconds, or UTIME_NOW / UTIME_OMIT as `nsec`. */
 export interface Ts { sec: number | bigint; nsec: number }
@@ -63,11 +53,7 @@ export function utimensat(path: PathArg, atime: Ts, mtime: Ts, flags = 0): void 
   times.writeBigInt64LE(BigInt(atime.nsec), 8);
   times.writeBigInt64LE(BigInt(mtime.sec), 16);
   times.writeBigInt64LE(BigInt(mtime.nsec), 24);
-  if (c.utimensat(AT_FDCWD, cPath(path), times, flags) < 0) fail('utimensat');
-}
-
-export function renameat2(from: PathArg, to: PathArg, flags: number): void {
-  if (c.renameat2(AT_FDCWD, cPath(from), AT_FDCWD, cPath(to), flags) < 0) fail('renameat2');
+  if (utimensatC(AT_FDCWD, cPath(path), times, flags) < 0) fail('utimensat');
 }
 
 /**

@@ -30,6 +30,7 @@ import { lgetxattr, lgetxattrOrNull, llistxattr, lutimens, mknod } from '../../s
 import { requires } from '../helpers/env';
 import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
 import { mountFuseOverlayfs, mountKernel, mountTs, type Mounted } from '../helpers/mounts';
+import { typeOf } from '../helpers/snapshot';
 import {
   AT_SYMLINK_NOFOLLOW, dataExtents, fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, lseek,
   RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2, SEEK_DATA, SEEK_HOLE, UTIME_NOW, UTIME_OMIT, utimensat,
@@ -82,18 +83,6 @@ function bpath(base: string | Buffer, ...parts: (string | Buffer)[]): Buffer {
   return Buffer.concat(out);
 }
 
-function typeOfMode(mode: number): string {
-  switch (mode & 0o170000) {
-    case 0o040000: return 'dir';
-    case 0o100000: return 'file';
-    case 0o120000: return 'symlink';
-    case 0o010000: return 'fifo';
-    case 0o020000: return 'chr';
-    case 0o060000: return 'blk';
-    case 0o140000: return 'sock';
-    default: return 'unknown';
-  }
-}
 
 function sha(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex').slice(0, 16);
@@ -116,7 +105,7 @@ function viewOf(root: string): Record<string, string> {
       out[key] = `error ${(err as { code?: string }).code}`;
       return;
     }
-    const type = typeOfMode(st.mode);
+    const type = typeOf(st.mode);
     const parts = [type, (st.mode & 0o7777).toString(8), `${st.uid}:${st.gid}`];
     if (type !== 'dir') parts.push(`nlink=${st.nlink}`);
     if (type === 'file') parts.push(`size=${st.size}`, `sha=${valueOr(() => sha(readFileSync(p)))}`);
@@ -147,7 +136,7 @@ function upperOf(root: string): Record<string, string> {
   const walk = (rel: Buffer | null) => {
     const p = rel ? bpath(root, rel) : Buffer.from(root);
     const st = lstatSync(p);
-    const type = isWhiteoutStat(st) ? 'whiteout' : typeOfMode(st.mode);
+    const type = isWhiteoutStat(st) ? 'whiteout' : typeOf(st.mode);
     const parts = [type, (st.mode & 0o7777).toString(8), `${st.uid}:${st.gid}`];
     // Not of whiteouts: the kernel (5.8+) makes most of them hard links of one shared whiteout.
     if (type !== 'dir' && type !== 'whiteout') parts.push(`nlink=${st.nlink}`);
@@ -756,7 +745,7 @@ describe('what the FUSE protocol server must get right, against kernel overlayfs
     await compare('non-utf8', layers, (s) => {
       const m = (...parts: Buffer[]) => bpath(s.mnt, ...parts);
       const read = (p: Buffer) => String(valueOr(() => readFileSync(p, 'latin1')));
-      const st = (p: Buffer) => String(valueOr(() => { const x = lstatSync(p); return `${typeOfMode(x.mode)}${x.isFile() ? ` size=${x.size}` : ''}`; }));
+      const st = (p: Buffer) => String(valueOr(() => { const x = lstatSync(p); return `${typeOf(x.mode)}${x.isFile() ? ` size=${x.size}` : ''}`; }));
       return {
         readdirRoot: list(s.mnt),
         readdirDir: list(m(dirName)),
@@ -880,7 +869,7 @@ describe('what the FUSE protocol server must get right, against kernel overlayfs
     const layers: Layers = { trees: [{}, lowerTree] };
     const fstatView = (fd: number) => String(valueOr(() => {
       const st = fstatSync(fd);
-      return `${typeOfMode(st.mode)} ${(st.mode & 0o7777).toString(8)} nlink=${st.nlink} size=${st.size}`;
+      return `${typeOf(st.mode)} ${(st.mode & 0o7777).toString(8)} nlink=${st.nlink} size=${st.size}`;
     }));
     await compare('open-fds', layers, (s) => {
       const out: Record<string, Record<string, string>> = {};

@@ -1012,9 +1012,9 @@ describe('allowedUids', () => {
 });
 
 describe('the end of the connection', () => {
-  test('closing the kernel\'s end: run() resolves and destroy is called once', async () => {
-    let destroyed = 0;
-    const k = new FakeKernel({ destroy: () => void destroyed++ }, DEFAULT_OPTIONS);
+  /** A session that is initialised, then sees the kernel's end close. */
+  async function closedAfterInit(fs: FileSystem, options: SessionOptions): Promise<FakeKernel> {
+    const k = new FakeKernel(fs, options);
     try {
       k.send(Op.INIT, initBody());
       k.hold();
@@ -1023,6 +1023,12 @@ describe('the end of the connection', () => {
     } finally {
       await k.close();
     }
+    return k;
+  }
+
+  test('closing the kernel\'s end: run() resolves and destroy is called once', async () => {
+    let destroyed = 0;
+    const k = await closedAfterInit({ destroy: () => void destroyed++ }, DEFAULT_OPTIONS);
     assert.equal(k.outcome, 'resolved');
     assert.ok(k.session.isEnded);
     assert.equal(destroyed, 1);
@@ -1031,15 +1037,7 @@ describe('the end of the connection', () => {
   test('a destroy that throws is reported; run() still resolves', async () => {
     const bugs: [string, unknown][] = [];
     const oops = new Error('destroy failed');
-    const k = new FakeKernel({ destroy: () => { throw oops; } }, { ...DEFAULT_OPTIONS, onBug: (op, err) => void bugs.push([op, err]) });
-    try {
-      k.send(Op.INIT, initBody());
-      k.hold();
-      k.start();
-      await k.settle();
-    } finally {
-      await k.close();
-    }
+    const k = await closedAfterInit({ destroy: () => { throw oops; } }, { ...DEFAULT_OPTIONS, onBug: (op, err) => void bugs.push([op, err]) });
     assert.equal(k.outcome, 'resolved');
     assert.deepEqual(bugs, [['destroy', oops]]);
   });
