@@ -11,8 +11,8 @@ export interface EntryView {
   gid: number;
   size: number;
   nlink: number;
-  /** Milliseconds: what fuse-native can carry (see README, limits). */
-  mtimeMs: number;
+  /** Nanoseconds since the epoch, in decimal (a bigint as text, so that it compares and prints as JSON). */
+  mtimeNs: string;
   target?: string;
   /** Device number of a char or block device. */
   rdev?: number;
@@ -49,6 +49,7 @@ export function snapshot(root: string, opts: { xattrs?: boolean } = {}): Snapsho
   const walk = (rel: string) => {
     const p = rel === '' ? root : join(root, rel);
     const st = lstatSync(p);
+    const { mtimeNs } = lstatSync(p, { bigint: true });
     const type = typeOf(st.mode);
     const view: EntryView = {
       type,
@@ -57,7 +58,7 @@ export function snapshot(root: string, opts: { xattrs?: boolean } = {}): Snapsho
       gid: st.gid,
       size: st.size,
       nlink: st.nlink,
-      mtimeMs: Math.floor(st.mtimeMs),
+      mtimeNs: String(mtimeNs),
       xattrs: {},
     };
     if (type === 'symlink') view.target = readlinkSync(p);

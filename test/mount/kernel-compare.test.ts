@@ -1,6 +1,6 @@
 /**
  * The mounted view against kernel overlayfs over the same layers: same paths, types, modes,
- * owners, sizes, nlink, mtimes (to the millisecond), symlink targets, contents, visible
+ * owners, sizes, nlink, mtimes (to the nanosecond), symlink targets, contents, visible
  * xattrs and hard-link groups.
  */
 import assert from 'node:assert/strict';

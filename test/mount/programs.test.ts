@@ -170,19 +170,19 @@ function bothSh(pair: Pair, script: string, opts: RunOptions = {}): Outcome {
   return both(pair, 'sh', ['-c', script], opts);
 }
 
-type Comparable = Omit<Snapshot['entries'][string], 'mtimeMs'> & { mtime: number | 'set by the run' };
+type Comparable = Omit<Snapshot['entries'][string], 'mtimeNs'> & { mtime: string | 'set by the run' };
 
 /**
  * A snapshot without what two runs of the same programs cannot share: an mtime set while
  * the programs ran is the wall clock of that run, so it is only required to be recent on
  * both sides; older mtimes (from the lowers, kept by copy-up, or restored by tar -p) must be
- * equal to the millisecond. Fields named in UNSTABLE are dropped for that path.
+ * equal to the nanosecond. Fields named in UNSTABLE are dropped for that path.
  */
 function comparable(snap: Snapshot, since: number, unstable: Unstable): Record<string, Comparable> {
   const out: Record<string, Comparable> = {};
   for (const [path, e] of Object.entries(snap.entries)) {
-    const { mtimeMs, ...rest } = e;
-    const view: Comparable = { ...rest, mtime: mtimeMs < since ? mtimeMs : 'set by the run' };
+    const { mtimeNs, ...rest } = e;
+    const view: Comparable = { ...rest, mtime: BigInt(mtimeNs) < BigInt(Math.floor(since)) * 1_000_000n ? mtimeNs : 'set by the run' };
     for (const field of unstable[path] ?? []) delete (view as Partial<Comparable>)[field];
     out[path] = view;
   }
@@ -429,7 +429,7 @@ describe('programs on a writable mount behave as on kernel overlayfs', requires(
       ['sub/shared-dir/from-archive.txt', 'sub/shared-dir/from-bottom.txt', 'sub/shared-dir/from-top.txt']);
     assert.equal(k['sub/newdir/link'].target, 'a.txt');
     assert.equal(k['sub/owned.txt'].uid, 1234);
-    assert.equal(k['sub/newdir/a.txt'].mtimeMs, (ARCHIVE_TIME + 60) * 1000, 'tar -p restored the time');
+    assert.equal(k['sub/newdir/a.txt'].mtimeNs, String(BigInt(ARCHIVE_TIME + 60) * 1_000_000_000n), 'tar -p restored the time');
     assert.ok(merged.kernel.linkGroups.some((g) => g.join() === 'sub/newdir/a.txt,sub/newdir/hard'));
     assert.ok(k['sub/deep/lower/file.txt'] && k['sub/deep/lower/extra.txt']);
 

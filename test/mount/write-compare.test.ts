@@ -102,7 +102,7 @@ function outcome(run: () => void): string {
 function timeless(s: Snapshot): Snapshot {
   return {
     ...s,
-    entries: Object.fromEntries(Object.entries(s.entries).map(([p, e]) => [p, { ...e, mtimeMs: 0 }])),
+    entries: Object.fromEntries(Object.entries(s.entries).map(([p, e]) => [p, { ...e, mtimeNs: '0' }])),
   };
 }
 
