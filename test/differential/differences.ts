@@ -28,60 +28,6 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'the generator only uses user.a, user.color, user.empty, user.long',
   },
   {
-    name: 'ms-times',
-    kind: 'deliberate',
-    why: 'fuse-native carries times as milliseconds (README limits); the layers keep nanoseconds',
-    handling: 'times are compared floored to the millisecond',
-  },
-  {
-    name: 'utime-now-omit',
-    kind: 'deliberate',
-    why: 'fuse-native turns UTIME_NOW and UTIME_OMIT into the same value, so `touch -a`/`touch -m` without a date also set the other time to now (README limits)',
-    handling: 'utimes always sets both times to given values',
-  },
-  {
-    name: 'noop-chown',
-    kind: 'deliberate',
-    why: 'chown(path, -1, -1) copies the entry up in the kernel (breaking a lower hard link); libfuse 2 drops a setattr that changes nothing, so ts-overlayfs never sees it (README limits)',
-    handling: 'chown never leaves both ids unchanged',
-  },
-  {
-    name: 'open-unlinked-links',
-    kind: 'deliberate',
-    why: 'a file unlinked (or renamed over) while open waits in the workdir until its last close (libfuse 2 renames it to .fuse_hidden*; README), so its other hard links show one link more until then',
-    handling: 'the generator does not unlink or rename over the open name of a file that has other hard links',
-  },
-  {
-    name: 'orphan-in-removed-dir',
-    kind: 'deliberate',
-    why: 'a file unlinked while open lives on as a hidden libfuse 2 node in its directory; once that directory is removed, libfuse can no longer name the file and answers ENOENT for I/O and fstat through the descriptor (close still works) (README)',
-    handling: 'the generator does not remove (rmdir, or rename over) a directory that holds a file unlinked while open',
-  },
-  {
-    name: 'removed-open-nonfile',
-    kind: 'deliberate',
-    why: 'libfuse 2 keeps only regular files it opened alive under a hidden name; a directory or fifo removed (or renamed over) while open can no longer be named by its path API, so fstat through the descriptor fails with ENOENT where the kernel answers (nlink 0, or the lower fifo\'s own) (README)',
-    handling: 'the generator does not remove or rename over the open name of anything but a regular file',
-  },
-  {
-    name: 'fifo-links',
-    kind: 'deliberate',
-    why: 'the hard links of a fifo are separate pipes through ts-overlayfs: the kernel keeps a fifo\'s pipe on its inode, and libfuse 2 gives each name its own inode, so a reader opened through one name is no reader for another (a non-blocking writer gets ENXIO) and data does not pass between the names (README)',
-    handling: 'the generator does not open a fifo that has other links (by any of its names, or a symlink to one)',
-  },
-  {
-    name: 'hidden-target-whiteout-owner',
-    kind: 'deliberate',
-    why: 'rename(a, b) over an open b: libfuse 2 first hides b, which leaves a whiteout at b where a lower b exists; the rename then moves that whiteout to a\'s place, owned root:root, where the kernel makes a new one, of the directory\'s group in a set-group-ID directory (only the owner of a whiteout in the upper layer differs)',
-    handling: 'the generator does not rename over an open name from a set-group-ID directory',
-  },
-  {
-    name: 'open-target-hardlink-rename',
-    kind: 'deliberate',
-    why: 'rename(a, b) where a and b are hard links of one file and b is open: libfuse 2 first hides the open b (.fuse_hidden*), so a then moves onto b; the kernel leaves both names (README)',
-    handling: 'the generator does not rename onto an open name of the same file',
-  },
-  {
     name: 'userns-ino',
     kind: 'kernel-quirk',
     why: 'with userxattr (unprivileged mode) the kernel cannot record where a copied-up file came from (its user.overlay.origin is empty), so the file shows its lower st_ino while its dentry stays cached and the upper file\'s st_ino after: a hard link made to it shows another number, and after a remount every name does; ts-overlayfs keeps one number for all names. Renaming one of those names onto another fails there with ESTALE (POSIX: success, nothing changes, as on ts-overlayfs)',
@@ -103,7 +49,7 @@ export const DIFFERENCES: readonly Difference[] = [
     name: 'fresh-times',
     kind: 'inherent',
     why: 'times taken from the clock during a run (a create, a write, a change in a directory) differ between two mounts a moment apart',
-    handling: 'generated and utimes times are all before 2022; an mtime is compared unless both sides show a time from the clock (2022 or later)',
+    handling: 'generated and utimes times are all before 2022 (or UTIME_NOW, a clock time); an mtime is compared, to the nanosecond, unless both sides show a time from the clock (2022 or later)',
   },
   {
     name: 'atime-ctime',
@@ -113,9 +59,15 @@ export const DIFFERENCES: readonly Difference[] = [
   },
   {
     name: 'inode-numbers',
+    kind: 'inherent',
+    why: 'both show the real inode number of an entry (a copied-up one keeps its lower number, except a file with other hard links below, as the kernel\'s overlay without index), but each mount has its own upper directory, so an entry made or copied (a hard-linked file) there has a different st_ino on each side; st_dev differs per mount; st_blocks depends on the copy-up method',
+    handling: 'an entry showing a lower inode\'s number must show the same one on both sides, and other entries none; beyond that only which names share an st_ino (hard-link groups) is compared; st_blocks is not. The final and cross-mount views leave out which lower number is kept: neither implementation reads the other\'s record of it (the kernel\'s trusted.overlay.origin file handle, ts-overlayfs\'s trusted.overlay.tsovl.ino)',
+  },
+  {
+    name: 'copy-up-holes',
     kind: 'deliberate',
-    why: 'st_ino values are ts-overlayfs\'s own 32-bit numbers (README); st_dev differs per mount; st_blocks depends on the copy-up method',
-    handling: 'only which names share an st_ino (hard-link groups) is compared; st_blocks is not',
+    why: 'the kernel copies a sparse file up in 1 MiB chunks from each data extent it finds (holes inside a chunk become allocated zeros); ts-overlayfs copies each data extent exactly, so SEEK_DATA/SEEK_HOLE in a copied-up sparse file can answer differently (the data read is the same)',
+    handling: 'sparse lower files have only layouts that both copies keep: a hole, then data to the end, or a whole 1 MiB chunk of data at a block boundary, then a hole to the end',
   },
   {
     name: 'readdir-during-change',

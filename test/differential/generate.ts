@@ -6,10 +6,10 @@
  * oracle shows at that step), so a seed reproduces exactly. No dependencies.
  */
 import { chmodSync, closeSync, ftruncateSync, lchownSync, linkSync, mkdirSync, openSync, symlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
 import { lsetxattr, lutimens, mknod } from '../../src/sys/libc';
 import { AVOID } from './differences';
 import { fuzzMode } from './mode';
+import { bytesOf, under } from './names';
 
 // ---------------------------------------------------------------------------------------------
 // PRNG
@@ -97,10 +97,14 @@ export type LayerEntry =
 /** One lower layer: relative paths in creation order (parents first). */
 export type LayerSpec = [string, LayerEntry][];
 
-/** Names shared by all layers, so that layers collide: merges, hiding, whiteouts. */
-export const NAMES = ['a', 'b', 'c', 'd', 'sub', 'dir', 'with space', 'ünï ✓', 'co:lon', '-dash', '.hid', 'x'] as const;
+/**
+ * Names shared by all layers, so that layers collide: merges, hiding, whiteouts. Two are not
+ * UTF-8 (names.ts: each \udcXX is the byte 0xXX): Latin-1 "lät", and a cut-off UTF-8
+ * sequence followed by 0xff.
+ */
+export const NAMES = ['a', 'b', 'c', 'd', 'sub', 'dir', 'with space', 'ünï ✓', 'co:lon', '-dash', '.hid', 'x', 'l\udce4t', '\udcc3\udcff'] as const;
 /** Names for new entries made by operations: the shared names (some whited out below) and fresh ones. */
-const NEW_NAMES = [...NAMES, 'n1', 'n2', 'new file', 'ñ:2', '-n3'] as const;
+const NEW_NAMES = [...NAMES, 'n1', 'n2', 'new file', 'ñ:2', '-n3', 'r\udce9s\udc80'] as const;
 
 const FILE_MODES = [0o644, 0o644, 0o600, 0o755, 0o4755, 0o2755, 0o000, 0o444, 0o640, 0o777, 0o1644];
 const DIR_MODES = [0o755, 0o755, 0o755, 0o700, 0o1777, 0o2775, 0o555, 0o750, 0o000];
@@ -243,7 +247,7 @@ export function generateLayers(seed: number, lowers?: number): LayerSpec[] {
             const sparse = r.chance(0.05);
             const size = sparse ? r.int(1, 4) * 1024 * 1024 + r.int(0, 4095) : fileSize(r);
             layer.push([p, {
-              kind: 'file', size, data: r.u32(), sparseAt: sparse ? r.int(0, size - 1) : undefined,
+              kind: 'file', size, data: r.u32(), sparseAt: sparse ? sparseStart(r, size) : undefined,
               mode: r.pick(FILE_MODES), uid: r.pick(ids), gid: r.pick(ids), mtime: time(r), xattrs: xattrs(r),
             }]);
             files.push(p);
@@ -290,15 +294,33 @@ export function generateLayers(seed: number, lowers?: number): LayerSpec[] {
   return layers;
 }
 
+/**
+ * Where a sparse layer file's data starts (see buildLayer): a layout that the kernel's copy-up
+ * (1 MiB chunks from each data extent it finds, differences.ts copy-up-holes) and an exact
+ * copy of the extents both reproduce: a hole, then data to the end (from anywhere), or a
+ * whole 1 MiB chunk of data at a block boundary, then a hole to the end.
+ */
+function sparseStart(r: Rng, size: number): number {
+  if (size > SPARSE_CHUNK + 4096 && r.chance(0.5)) return -4096 * r.int(0, Math.floor((size - SPARSE_CHUNK) / 4096) - 1) - 1;
+  return r.chance(0.5) ? size - r.int(1, 200000) : r.int(1, size - 1);
+}
+
+/** The kernel's copy-up chunk (OVL_COPY_UP_CHUNK_SIZE). */
+const SPARSE_CHUNK = 1 << 20;
+
 const S_IFCHR = 0o020000;
 const S_IFIFO = 0o010000;
 
-/** Writes one layer to disk. Times are set last, deepest first (creating children changes a dir's mtime). */
+/**
+ * Writes one layer to disk. Times are set last, deepest first (creating children changes a dir's mtime).
+ * A sparse file (`sparseAt`): at `sparseAt` >= 0, a hole then data to the end; at -1 - B, 1 MiB
+ * of data at B, then a hole to the end.
+ */
 export function buildLayer(root: string, spec: LayerSpec): void {
   mkdirSync(root, { recursive: true });
-  const times: [string, Timespec][] = [];
+  const times: [string | Buffer, Timespec][] = [];
   for (const [rel, e] of spec) {
-    const p = join(root, rel);
+    const p = under(root, rel);
     switch (e.kind) {
       case 'dir':
         mkdirSync(p);
@@ -307,8 +329,10 @@ export function buildLayer(root: string, spec: LayerSpec): void {
       case 'file': {
         const fd = openSync(p, 'wx');
         try {
-          if (e.sparseAt !== undefined) {
-            writeSync(fd, dataBytes(e.data, 4096), 0, 4096, e.sparseAt);
+          if (e.sparseAt !== undefined && e.sparseAt >= 0) {
+            writeSync(fd, dataBytes(e.data, e.size - e.sparseAt), 0, e.size - e.sparseAt, e.sparseAt);
+          } else if (e.sparseAt !== undefined) {
+            writeSync(fd, dataBytes(e.data, SPARSE_CHUNK), 0, SPARSE_CHUNK, -1 - e.sparseAt);
             ftruncateSync(fd, e.size);
           } else if (e.size > 0) {
             writeSync(fd, dataBytes(e.data, e.size));
@@ -319,10 +343,10 @@ export function buildLayer(root: string, spec: LayerSpec): void {
         break;
       }
       case 'symlink':
-        symlinkSync(e.target, p);
+        symlinkSync(bytesOf(e.target), p);
         break;
       case 'hardlink':
-        linkSync(join(root, e.to), p);
+        linkSync(under(root, e.to), p);
         break;
       case 'fifo':
         mknod(p, S_IFIFO | e.mode, 0);
@@ -354,6 +378,15 @@ export type OpenFlag = 'RDONLY' | 'WRONLY' | 'RDWR' | 'CREAT' | 'EXCL' | 'TRUNC'
 /** Data written: `n` bytes of dataBytes(s, n). */
 export interface Data { s: number; n: number }
 
+/** A time for utimensat: a value, or UTIME_NOW / UTIME_OMIT. */
+export type TimeArg = Timespec | 'now' | 'omit';
+
+/** renameat2 flags (RENAME_WHITEOUT is EINVAL on an overlay, and EPERM without CAP_MKNOD). */
+export type RenameFlag = 'NOREPLACE' | 'EXCHANGE' | 'WHITEOUT';
+
+/** fallocate modes the upper filesystem supports: 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE. */
+export type FallocateMode = 'ALLOC' | 'KEEP_SIZE' | 'PUNCH_HOLE';
+
 export type Op =
   | { t: 'open'; slot: number; path: string; flags: OpenFlag[]; mode: number }
   | { t: 'close'; slot: number }
@@ -361,6 +394,8 @@ export type Op =
   | { t: 'write'; slot: number; pos: number | null; data: Data }
   | { t: 'ftruncate'; slot: number; size: number }
   | { t: 'fstat'; slot: number }
+  | { t: 'fallocate'; slot: number; mode: FallocateMode; offset: number; len: number }
+  | { t: 'seek'; slot: number; whence: 'DATA' | 'HOLE'; offset: number }
   | { t: 'readFile'; path: string }
   | { t: 'writeFile'; path: string; data: Data; mode: number }
   | { t: 'append'; path: string; data: Data }
@@ -369,12 +404,13 @@ export type Op =
   | { t: 'rmdir'; path: string }
   | { t: 'unlink'; path: string }
   | { t: 'rename'; from: string; to: string }
+  | { t: 'rename2'; from: string; to: string; flag: RenameFlag }
   | { t: 'link'; from: string; to: string }
   | { t: 'symlink'; target: string; path: string }
   | { t: 'mkfifo'; path: string; mode: number }
   | { t: 'chmod'; path: string; mode: number }
   | { t: 'chown'; path: string; uid: number; gid: number; follow: boolean }
-  | { t: 'utimes'; path: string; atime: Timespec; mtime: Timespec; follow: boolean }
+  | { t: 'utimes'; path: string; atime: TimeArg; mtime: TimeArg; follow: boolean }
   | { t: 'setxattr'; path: string; name: string; value: string; flags: 0 | 1 | 2 }
   | { t: 'removexattr'; path: string; name: string }
   | { t: 'getxattr'; path: string; name: string }
@@ -399,17 +435,8 @@ export interface ViewInfo {
   readonly nlinks: ReadonlyMap<string, number>;
   /** Modes (permission bits) by path. */
   readonly modes: ReadonlyMap<string, number>;
-  /**
-   * Descriptor slots: null (closed), 'open', or 'orphan' (the name it was opened by was
-   * unlinked or renamed over since).
-   */
-  readonly slots: readonly ('open' | 'orphan' | null)[];
-  /** The names the open slots were opened by (symlinks resolved). */
-  readonly openNames: ReadonlySet<string>;
-  /** The names the orphaned slots had when they were unlinked or renamed over. */
-  readonly orphanNames: ReadonlySet<string>;
-  /** Paths that open a fifo with more than one link (its names, and symlinks to them). */
-  readonly linkedFifos: ReadonlySet<string>;
+  /** Descriptor slots: whether each holds an open descriptor (its name still there or not). */
+  readonly slots: readonly boolean[];
 }
 
 export const SLOTS = 4;
@@ -420,31 +447,12 @@ function hasOtherLinks(v: ViewInfo, path: string): boolean {
 
 /** `[op]`, or none if it would run into one of the differences below. */
 function allowed(v: ViewInfo, op: Op): Op[] {
-  // differences.ts fifo-links: no fifo opened through a name when it has other links.
-  const opened = op.t === 'open' || op.t === 'readFile' || op.t === 'writeFile' || op.t === 'append' ? op.path : null;
-  if (opened !== null && v.linkedFifos.has(opened)) return [];
   // differences.ts failed-rename-opaque: no directory over a non-empty directory.
   if (op.t === 'rename' && AVOID.failedRenameOpaque && v.types.get(op.from) === 'dir' && v.types.get(op.to) === 'dir' &&
     [...v.types.keys()].some((p) => p.startsWith(`${op.to}/`))) return [];
-  const gone = op.t === 'unlink' || op.t === 'rmdir' ? op.path : op.t === 'rename' ? op.to : null;
-  if (gone === null) return [op];
-  // differences.ts open-unlinked-links: not the open name of a file with other links;
-  // open-target-hardlink-rename: not onto an open name of the same file.
-  if (v.openNames.has(gone) && hasOtherLinks(v, gone)) return [];
-  // differences.ts removed-open-nonfile: not the open name of a directory, fifo or symlink.
-  if (v.openNames.has(gone) && v.types.get(gone) !== 'file') return [];
-  // differences.ts orphan-in-removed-dir: not a directory holding an unlinked open file.
-  if ([...v.orphanNames].some((n) => n.startsWith(`${gone}/`))) return [];
   // differences.ts userns-ino: not between two names that may be one file, in a user namespace.
-  if (op.t === 'rename' && fuzzMode().unprivileged && hasOtherLinks(v, op.from) && hasOtherLinks(v, op.to)) return [];
-  // differences.ts hidden-target-whiteout-owner: not over an open name from a set-group-ID directory.
-  if (op.t === 'rename' && v.openNames.has(op.to) && ((v.modes.get(parentOf(op.from)) ?? 0) & 0o2000) !== 0) return [];
+  if ((op.t === 'rename' || op.t === 'rename2') && fuzzMode().unprivileged && hasOtherLinks(v, op.from) && hasOtherLinks(v, op.to)) return [];
   return [op];
-}
-
-function parentOf(path: string): string {
-  const slash = path.lastIndexOf('/');
-  return slash < 0 ? '' : path.slice(0, slash);
 }
 
 const NEW_FILE_MODES = [0o644, 0o600, 0o755, 0o4755, 0o000, 0o666, 0o2644];
@@ -511,13 +519,23 @@ export class OpGenerator {
 
   /** An open descriptor slot, its name still there or not (I/O after unlink is exercised). */
   private openSlot(v: ViewInfo): number | null {
-    const ok = (s: string | null) => s === 'open' || s === 'orphan';
-    const open = v.slots.flatMap((s, i) => (ok(s) ? [i] : []));
+    const open = v.slots.flatMap((s, i) => (s ? [i] : []));
     return open.length === 0 ? null : this.r.pick(open);
   }
 
-  private time(): Timespec {
-    return time(this.r);
+  /** A time for utimes: mostly a value, sometimes UTIME_NOW or UTIME_OMIT. */
+  private time(): TimeArg {
+    return this.r.weighted<() => TimeArg>([[8, () => time(this.r)], [1, () => 'now'], [1, () => 'omit']])();
+  }
+
+  /** The target of a rename: a new name, an existing one, the source's own subtree, or any. */
+  private renameTarget(v: ViewInfo, from: string, overWeight: number): string {
+    const r = this.r;
+    const how = r.weighted([[5, 'new'], [overWeight, 'over'], [1, 'into-itself'], [1, 'any']] as const);
+    if (how === 'into-itself') return `${from}/${r.pick(NEW_NAMES)}`;
+    if (how === 'over') return this.existing(v, (t) => (v.types.get(from) === 'dir') === (t === 'dir') || r.chance(0.2)) ?? this.newPath(v);
+    if (how === 'new') return this.newPath(v);
+    return this.anyPath(v);
   }
 
   /** The next operation(s): usually one, a few for the stale-descriptor scenario. */
@@ -527,8 +545,9 @@ export class OpGenerator {
     const closable = this.openSlot(v);
     const kind = r.weighted([
       [10, 'open'], [closable !== null ? 4 : 0, 'close'], [slot !== null ? 9 : 0, 'read'], [slot !== null ? 8 : 0, 'write'],
-      [slot !== null ? 2 : 0, 'ftruncate'], [slot !== null ? 2 : 0, 'fstat'], [3, 'readFile'], [6, 'writeFile'],
-      [4, 'append'], [4, 'truncate'], [6, 'mkdir'], [4, 'rmdir'], [6, 'unlink'], [9, 'rename'], [4, 'link'], [4, 'symlink'],
+      [slot !== null ? 2 : 0, 'ftruncate'], [slot !== null ? 2 : 0, 'fstat'], [slot !== null ? 3 : 0, 'fallocate'],
+      [slot !== null ? 3 : 0, 'seek'], [3, 'readFile'], [6, 'writeFile'],
+      [4, 'append'], [4, 'truncate'], [6, 'mkdir'], [4, 'rmdir'], [6, 'unlink'], [9, 'rename'], [5, 'rename2'], [4, 'link'], [4, 'symlink'],
       [2, 'mkfifo'], [4, 'chmod'], [3, 'chown'], [3, 'utimes'], [4, 'setxattr'], [3, 'removexattr'], [1, 'getxattr'],
       [2, 'stat'], [3, 'readdir'], [2, 'readdirDuring'], [3, 'staleFd'],
     ] as const);
@@ -547,6 +566,14 @@ export class OpGenerator {
         return [{ t: 'ftruncate', slot: slot!, size: r.pick([0, 1, 100, 5000, 70000]) }];
       case 'fstat':
         return [{ t: 'fstat', slot: slot! }];
+      case 'fallocate': {
+        const mode = r.weighted([[3, 'ALLOC'], [2, 'KEEP_SIZE'], [4, 'PUNCH_HOLE']] as const);
+        const offset = r.weighted([[3, r.pick([0, 100, 4096, 8192])], [3, r.int(0, 9000)], [1, r.pick([1 << 20, (1 << 20) + 4096, 3000000])]]);
+        const len = r.weighted([[1, 0], [4, r.pick([1, 100, 4096, 8192, 65536])], [3, r.int(1, 20000)], [1, r.pick([1 << 20, 2 << 20])]]);
+        return [{ t: 'fallocate', slot: slot!, mode, offset, len }];
+      }
+      case 'seek':
+        return [{ t: 'seek', slot: slot!, whence: r.pick(['DATA', 'HOLE'] as const), offset: r.weighted([[3, 0], [3, r.int(0, 9000)], [1, r.pick([4096, 1 << 20, (1 << 20) + 1, 3000000])]]) }];
       case 'readFile':
         return allowed(v, { t: 'readFile', path: this.file(v) });
       case 'writeFile':
@@ -564,13 +591,13 @@ export class OpGenerator {
         return allowed(v, { t: 'unlink', path: this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1)) });
       case 'rename': {
         const from = this.anyPath(v);
-        let to: string;
-        const how = r.weighted([[5, 'new'], [3, 'over'], [1, 'into-itself'], [1, 'any']] as const);
-        if (how === 'into-itself') to = `${from}/${r.pick(NEW_NAMES)}`;
-        else if (how === 'over') to = this.existing(v, (t) => (v.types.get(from) === 'dir') === (t === 'dir') || r.chance(0.2)) ?? this.newPath(v);
-        else if (how === 'new') to = this.newPath(v);
-        else to = this.anyPath(v);
-        return allowed(v, { t: 'rename', from, to });
+        return allowed(v, { t: 'rename', from, to: this.renameTarget(v, from, 3) });
+      }
+      case 'rename2': {
+        const flag = r.weighted([[4, 'NOREPLACE'], [5, 'EXCHANGE'], [0.3, 'WHITEOUT']] as const);
+        const from = this.anyPath(v);
+        // An exchange needs two existing names: mostly over one.
+        return allowed(v, { t: 'rename2', from, to: this.renameTarget(v, from, flag === 'EXCHANGE' ? 12 : 3), flag });
       }
       case 'link':
         return [{ t: 'link', from: this.anyPath(v, (t) => t !== 'dir' || r.chance(0.1)), to: r.chance(0.85) ? this.newPath(v) : this.anyPath(v) }];
@@ -582,8 +609,7 @@ export class OpGenerator {
         return [{ t: 'chmod', path: this.anyPath(v, (t) => t !== 'symlink' || r.chance(0.3)), mode: r.pick([...FILE_MODES, ...DIR_MODES]) }];
       case 'chown': {
         const uid = r.pick([...IDS, -1]);
-        // differences.ts noop-chown: chown(-1, -1) never reaches ts-overlayfs.
-        const gid = uid === -1 ? r.pick(IDS) : r.pick([...IDS, -1]);
+        const gid = r.pick([...IDS, -1]);
         return [{ t: 'chown', path: this.anyPath(v), uid, gid, follow: r.chance(0.5) }];
       }
       case 'utimes':
@@ -648,6 +674,7 @@ export class OpGenerator {
 export function describeOp(op: Op): string {
   const q = (p: string) => JSON.stringify(p);
   const d = (x: Data) => `${x.n} bytes`;
+  const tm = (x: TimeArg) => (x === 'now' ? 'UTIME_NOW' : x === 'omit' ? 'UTIME_OMIT' : `${x.sec}.${String(x.nsec).padStart(9, '0')}`);
   switch (op.t) {
     case 'open': return `fd${op.slot} = open(${q(op.path)}, ${op.flags.join('|')}${op.flags.includes('CREAT') ? `, 0${op.mode.toString(8)}` : ''})`;
     case 'close': return `close(fd${op.slot})`;
@@ -655,6 +682,8 @@ export function describeOp(op: Op): string {
     case 'write': return `write(fd${op.slot}, ${d(op.data)}${op.pos === null ? '' : ` @${op.pos}`})`;
     case 'ftruncate': return `ftruncate(fd${op.slot}, ${op.size})`;
     case 'fstat': return `fstat(fd${op.slot})`;
+    case 'fallocate': return `fallocate(fd${op.slot}, ${op.mode === 'ALLOC' ? '0' : op.mode === 'KEEP_SIZE' ? 'KEEP_SIZE' : 'PUNCH_HOLE|KEEP_SIZE'}, ${op.offset}, ${op.len})`;
+    case 'seek': return `lseek(fd${op.slot}, ${op.offset}, SEEK_${op.whence})`;
     case 'readFile': return `readFile(${q(op.path)})`;
     case 'writeFile': return `writeFile(${q(op.path)}, ${d(op.data)}, 0${op.mode.toString(8)})`;
     case 'append': return `append(${q(op.path)}, ${d(op.data)})`;
@@ -663,12 +692,13 @@ export function describeOp(op: Op): string {
     case 'rmdir': return `rmdir(${q(op.path)})`;
     case 'unlink': return `unlink(${q(op.path)})`;
     case 'rename': return `rename(${q(op.from)}, ${q(op.to)})`;
+    case 'rename2': return `renameat2(${q(op.from)}, ${q(op.to)}, RENAME_${op.flag})`;
     case 'link': return `link(${q(op.from)}, ${q(op.to)})`;
     case 'symlink': return `symlink(${q(op.target)}, ${q(op.path)})`;
     case 'mkfifo': return `mkfifo(${q(op.path)}, 0${op.mode.toString(8)})`;
     case 'chmod': return `chmod(${q(op.path)}, 0${op.mode.toString(8)})`;
     case 'chown': return `${op.follow ? 'chown' : 'lchown'}(${q(op.path)}, ${op.uid}, ${op.gid})`;
-    case 'utimes': return `${op.follow ? 'utimes' : 'lutimes'}(${q(op.path)}, ${op.atime.sec}.${op.atime.nsec}, ${op.mtime.sec}.${op.mtime.nsec})`;
+    case 'utimes': return `utimensat(${q(op.path)}, ${tm(op.atime)}, ${tm(op.mtime)}${op.follow ? '' : ', AT_SYMLINK_NOFOLLOW'})`;
     case 'setxattr': return `lsetxattr(${q(op.path)}, ${op.name}, ${op.value.length} bytes, flags=${op.flags})`;
     case 'removexattr': return `lremovexattr(${q(op.path)}, ${op.name})`;
     case 'getxattr': return `lgetxattr(${q(op.path)}, ${op.name})`;

@@ -7,17 +7,25 @@
  * shrunk to a short sequence and reported with a command that reproduces it.
  */
 import {
-  chmodSync, chownSync, closeSync, constants as fsc, ftruncateSync, lchownSync, linkSync, mkdirSync, mkdtempSync, openSync,
-  opendirSync, readdirSync, readFileSync, readSync, realpathSync, renameSync, rmdirSync, rmSync, statSync, symlinkSync, truncateSync,
-  unlinkSync, utimesSync, writeSync,
+  chmodSync, chownSync, closeSync, constants as fsc, ftruncateSync, lchownSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync,
+  opendirSync, readdirSync, readFileSync, readSync, renameSync, rmdirSync, rmSync, statSync, symlinkSync, truncateSync,
+  unlinkSync, writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { lgetxattr, lremovexattr, lsetxattr, lutimens, mknod } from '../../src/sys/libc';
+import { lgetxattr, lremovexattr, lsetxattr, mknod } from '../../src/sys/libc';
 import { mountKernel, mountTs, type Mounted } from '../helpers/mounts';
-import { buildLayer, dataBytes, describeOp, generateLayers, OpGenerator, Rng, SLOTS, type LayerSpec, type Op, type OpenFlag, type ViewInfo } from './generate';
+import {
+  AT_SYMLINK_NOFOLLOW, fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, lseek, renameat2, RENAME_EXCHANGE, RENAME_NOREPLACE,
+  RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, UTIME_NOW, UTIME_OMIT, utimensat, type Ts,
+} from '../helpers/syscalls';
+import {
+  buildLayer, dataBytes, describeOp, generateLayers, OpGenerator, Rng, SLOTS, type FallocateMode, type LayerSpec, type Op, type OpenFlag,
+  type RenameFlag, type TimeArg, type ViewInfo,
+} from './generate';
 import { fuzzMode } from './mode';
+import { bytesOf, stringOf, under } from './names';
 import { diffUppers, diffViews, fstatSummary, pictureUpper, readAll, sha, statSummary, takeView, type Diff, type View } from './view';
 
 // ---------------------------------------------------------------------------------------------
@@ -146,6 +154,12 @@ const FLAG_BITS: Record<OpenFlag, number> = {
 };
 const S_IFIFO = 0o010000;
 const READ_BUF = Buffer.alloc(1 << 20);
+const RENAME_FLAGS: Record<RenameFlag, number> = { NOREPLACE: RENAME_NOREPLACE, EXCHANGE: RENAME_EXCHANGE, WHITEOUT: RENAME_WHITEOUT };
+const FALLOCATE_MODES: Record<FallocateMode, number> = { ALLOC: 0, KEEP_SIZE: FALLOC_FL_KEEP_SIZE, PUNCH_HOLE: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE };
+
+function timeArg(t: TimeArg): Ts {
+  return t === 'now' ? { sec: 0, nsec: UTIME_NOW } : t === 'omit' ? { sec: 0, nsec: UTIME_OMIT } : t;
+}
 
 function codeOf(err: unknown): string {
   if (err instanceof HangError) throw err;
@@ -162,8 +176,8 @@ function attempt(run: () => string | void): string {
   }
 }
 
-function names(dir: string): string[] {
-  return readdirSync(dir).sort();
+function names(dir: Buffer): string[] {
+  return readdirSync(dir, { encoding: 'buffer' }).map(stringOf).sort();
 }
 
 /** POSIX's rule for readdir around a change (differences.ts: readdir-during-change). */
@@ -182,7 +196,7 @@ function readdirRule(before: string[], after: string[], seen: string[]): string 
 }
 
 function execOp(side: Side, op: Op): string {
-  const at = (p: string) => (p === '' ? side.mnt : join(side.mnt, p));
+  const at = (p: string) => under(side.mnt, p);
   const fdOf = (slot: number): number => {
     const fd = side.fds[slot];
     if (fd === null) throw Object.assign(new Error('no descriptor in slot'), { code: 'EBADF' });
@@ -222,6 +236,10 @@ function execOp(side: Side, op: Op): string {
       return attempt(() => ftruncateSync(fdOf(op.slot), op.size));
     case 'fstat':
       return attempt(() => fstatSummary(fdOf(op.slot)));
+    case 'fallocate':
+      return attempt(() => fallocate(fdOf(op.slot), FALLOCATE_MODES[op.mode], op.offset, op.len));
+    case 'seek':
+      return attempt(() => String(lseek(fdOf(op.slot), op.offset, op.whence === 'DATA' ? SEEK_DATA : SEEK_HOLE)));
     case 'readFile':
       return attempt(() => readAll(at(op.path)).join(' '));
     case 'writeFile':
@@ -246,10 +264,12 @@ function execOp(side: Side, op: Op): string {
       return attempt(() => unlinkSync(at(op.path)));
     case 'rename':
       return attempt(() => renameSync(at(op.from), at(op.to)));
+    case 'rename2':
+      return attempt(() => renameat2(at(op.from), at(op.to), RENAME_FLAGS[op.flag]));
     case 'link':
       return attempt(() => linkSync(at(op.from), at(op.to)));
     case 'symlink':
-      return attempt(() => symlinkSync(op.target, at(op.path)));
+      return attempt(() => symlinkSync(bytesOf(op.target), at(op.path)));
     case 'mkfifo':
       return attempt(() => mknod(at(op.path), S_IFIFO | op.mode, 0));
     case 'chmod':
@@ -257,10 +277,7 @@ function execOp(side: Side, op: Op): string {
     case 'chown':
       return attempt(() => (op.follow ? chownSync : lchownSync)(at(op.path), op.uid, op.gid));
     case 'utimes':
-      return attempt(() => {
-        if (op.follow) utimesSync(at(op.path), op.atime.sec + op.atime.nsec / 1e9, op.mtime.sec + op.mtime.nsec / 1e9);
-        else lutimens(at(op.path), op.atime, op.mtime);
-      });
+      return attempt(() => utimensat(at(op.path), timeArg(op.atime), timeArg(op.mtime), op.follow ? 0 : AT_SYMLINK_NOFOLLOW));
     case 'setxattr':
       return attempt(() => lsetxattr(at(op.path), op.name, Buffer.from(op.value), op.flags));
     case 'removexattr':
@@ -277,7 +294,8 @@ function execOp(side: Side, op: Op): string {
       let dir;
       try {
         before = names(p);
-        dir = opendirSync(p, { bufferSize: 1 });
+        // Node's types lack it, but a Dir takes encoding 'buffer' (then each name is a Buffer).
+        dir = opendirSync(p, { bufferSize: 1, encoding: 'buffer' as BufferEncoding });
       } catch (err) {
         return codeOf(err);
       }
@@ -285,9 +303,10 @@ function execOp(side: Side, op: Op): string {
       let inner: string;
       try {
         const first = dir.readSync();
-        if (first) seen.push(first.name);
+        // With encoding 'buffer', a Dirent's name is a Buffer.
+        if (first) seen.push(stringOf(first.name as unknown as Buffer));
         inner = execOp(side, op.inner);
-        for (let e = dir.readSync(); e; e = dir.readSync()) seen.push(e.name);
+        for (let e = dir.readSync(); e; e = dir.readSync()) seen.push(stringOf(e.name as unknown as Buffer));
       } catch (err) {
         return `listing ${codeOf(err)}`;
       } finally {
@@ -360,7 +379,7 @@ function firstToken(outcome: string): string {
   return outcome.split(/[ ;]/)[0];
 }
 
-function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<string>, slots: SlotNames): ViewInfo {
+function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<string>, fds: readonly (number | null)[]): ViewInfo {
   const nlinks = new Map<string, number>();
   const types = new Map<string, string>();
   const sizes = new Map<string, number>();
@@ -372,90 +391,21 @@ function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<
     if (e.type === 'file') sizes.set(p, e.size);
     if (e.type !== 'dir') nlinks.set(p, e.nlink);
   }
-  const linkedFifos = new Set([...types].filter(([p, t]) => t === 'fifo' && (nlinks.get(p) ?? 1) > 1).map(([p]) => p));
-  // Symlinks are resolved (on the mount) only when there is a linked fifo to reach.
-  if (linkedFifos.size > 0) {
-    for (const [p, t] of types) if (t === 'symlink' && linkedFifos.has(slots.canon(p, true))) linkedFifos.add(p);
-  }
-  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: slots.states(), openNames: slots.openNames(), orphanNames: slots.orphanNames(), linkedFifos };
+  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: fds.map((fd) => fd !== null) };
 }
 
-/**
- * The name each descriptor slot was opened by, followed through renames the way libfuse 2
- * follows its nodes; 'orphan' once that name is unlinked or renamed over. (Kernel side; only
- * for steering around differences.ts open-unlinked-links and orphan-in-removed-dir.)
- */
-class SlotNames {
-  private readonly names: (string | null)[] = new Array(SLOTS).fill(null);
-  private readonly orphan: boolean[] = new Array(SLOTS).fill(false);
-
-  constructor(private readonly mnt: string) {}
-
-  openNames(): Set<string> {
-    return new Set(this.names.filter((n, i): n is string => n !== null && !this.orphan[i]));
-  }
-
-  orphanNames(): Set<string> {
-    return new Set(this.names.filter((n, i): n is string => n !== null && this.orphan[i]));
-  }
-
-  states(): ('open' | 'orphan' | null)[] {
-    return this.names.map((n, i) => (n === null ? null : this.orphan[i] ? 'orphan' : 'open'));
-  }
-
-  private rel(real: string): string | null {
-    if (real === this.mnt) return '';
-    return real.startsWith(`${this.mnt}/`) ? real.slice(this.mnt.length + 1) : null;
-  }
-
-  /** The name `p` stands for: its parent's real path plus its last component (or all of it, following). */
-  canon(p: string, follow = false): string {
-    try {
-      if (follow) return this.rel(realpathSync(join(this.mnt, p))) ?? p;
-      const dir = this.rel(realpathSync(join(this.mnt, dirname(p))));
-      return dir === null ? p : dir === '' ? basename(p) : `${dir}/${basename(p)}`;
-    } catch {
-      return p;
+/** The inode numbers of every entry of the lower layers (all on one filesystem). */
+function inodesOf(dirs: readonly string[]): Set<bigint> {
+  const out = new Set<bigint>();
+  const walk = (p: Buffer) => {
+    const st = lstatSync(p, { bigint: true });
+    out.add(st.ino);
+    if ((Number(st.mode) & 0o170000) === 0o040000) {
+      for (const n of readdirSync(p, { encoding: 'buffer' })) walk(Buffer.concat([p, Buffer.from('/'), n]));
     }
-  }
-
-  /** Before the kernel runs `op`: what it will refer to. */
-  prepare(op: Op): (ok: boolean) => void {
-    switch (op.t) {
-      case 'open': {
-        return (ok) => {
-          this.names[op.slot] = ok ? this.canon(op.path, true) : null;
-          this.orphan[op.slot] = false;
-        };
-      }
-      case 'close':
-        return () => { this.names[op.slot] = null; };
-      case 'unlink': {
-        const p = this.canon(op.path);
-        return (ok) => { if (ok) this.names.forEach((n, i) => { if (n === p) this.orphan[i] = true; }); };
-      }
-      case 'rename': {
-        const from = this.canon(op.from);
-        const to = this.canon(op.to);
-        return (ok) => {
-          if (!ok || from === to) return;
-          this.names.forEach((n, i) => {
-            if (n === null) return;
-            if (n === to || n.startsWith(`${to}/`)) this.orphan[i] = true;
-            // An orphan only shared the name: the file now at `from` is another one.
-            else if (n === from && !this.orphan[i]) this.names[i] = to;
-            else if (n.startsWith(`${from}/`)) this.names[i] = to + n.slice(from.length);
-          });
-        };
-      }
-      case 'readdirDuring': {
-        const inner = this.prepare(op.inner);
-        return (ok) => inner(ok);
-      }
-      default:
-        return () => undefined;
-    }
-  }
+  };
+  for (const d of dirs) walk(Buffer.from(d));
+  return out;
 }
 
 /**
@@ -468,6 +418,8 @@ export class Fuzzer {
   readonly lowerDirs: string[];
   private readonly lowerPaths: string[];
   private readonly lowerWhiteouts: Set<string>;
+  /** st_ino of every lower entry: a view shows which one an entry keeps (view.ts ViewEntry.ino). */
+  private readonly lowerInos: Set<bigint>;
   private readonly watchdog = new Watchdog();
   private runs = 0;
 
@@ -486,6 +438,7 @@ export class Fuzzer {
     });
     this.lowerPaths = [...new Set(this.layers.flatMap((l) => l.map(([p]) => p)))].sort();
     this.lowerWhiteouts = new Set(this.layers.flatMap((l) => l.filter(([, e]) => e.kind === 'whiteout').map(([p]) => p)));
+    this.lowerInos = inodesOf(this.lowerDirs);
   }
 
   /** The operation list seed `seed` generates (the kernel alone decides each next step's view). */
@@ -503,16 +456,17 @@ export class Fuzzer {
     const gen = Array.isArray(opts.ops) ? null : new OpGenerator(new Rng(this.seed).fork(2));
     const total = Array.isArray(opts.ops) ? opts.ops.length : opts.ops.generate;
     const queue: Op[] = Array.isArray(opts.ops) ? [...opts.ops] : [];
-    const slotNames = new SlotNames(kernel.mnt);
+    // differences.ts userns-ino: the kernel's st_ino of a copied-up file is not stable there.
+    const lowerInos = fuzzMode().unprivileged ? undefined : this.lowerInos;
     const guard = <T>(side: Side, what: string, fn: () => T): T => this.watchdog.guard(side.pid, timeout, what, fn);
     let divergence: Divergence | null = null;
     const hang = (step: number, err: unknown): Divergence => ({ stage: 'hang', step, signature: 'hang', detail: String((err as Error).message) });
     try {
       for (const s of sides) await mountSide(s, this.lowerDirs);
-      let kView = takeView(kernel.mnt);
+      let kView = takeView(kernel.mnt, { lowerInos });
       let tView: View | undefined;
       if (ts) {
-        tView = guard(ts, 'initial view', () => takeView(ts.mnt));
+        tView = guard(ts, 'initial view', () => takeView(ts.mnt, { lowerInos }));
         const d = diffViews(kView, tView);
         if (d.length > 0) {
           divergence = { stage: 'view', step: -1, signature: diffSignature('view', d), detail: `  before any operation:\n${formatDiffs(d)}` };
@@ -521,15 +475,12 @@ export class Fuzzer {
         }
       }
       while (ops.length < total) {
-        if (queue.length === 0 && gen) queue.push(...gen.next(viewInfo(kView, this.lowerPaths, this.lowerWhiteouts, slotNames)));
+        if (queue.length === 0 && gen) queue.push(...gen.next(viewInfo(kView, this.lowerPaths, this.lowerWhiteouts, kernel.fds)));
         const op = queue.shift();
         if (!op) continue;
         const i = ops.length;
         ops.push(op);
-        const track = slotNames.prepare(op);
         const kOut = execOp(kernel, op);
-        // readdirDuring: the inner change's outcome comes first.
-        track(kOut.startsWith('ok'));
         let tOut = '';
         if (ts) {
           try {
@@ -552,11 +503,11 @@ export class Fuzzer {
         // Every FULL_VIEW_EVERY steps all data and xattrs are read again, stamps or not.
         const full = (i + 1) % FULL_VIEW_EVERY === 0;
         const kBefore = kView;
-        kView = takeView(kernel.mnt, { since: full ? undefined : kBefore });
+        kView = takeView(kernel.mnt, { since: full ? undefined : kBefore, lowerInos });
         const kernelUnchanged = (p: string) => kBefore.stamps?.get(p) === kView.stamps?.get(p);
         if (ts) {
           try {
-            tView = guard(ts, 'view', () => takeView(ts.mnt, { since: full ? undefined : tView, alsoUnchanged: kernelUnchanged }));
+            tView = guard(ts, 'view', () => takeView(ts.mnt, { since: full ? undefined : tView, alsoUnchanged: kernelUnchanged, lowerInos }));
           } catch (err) {
             if (err instanceof HangError) return { ops, divergence: hang(i, err) };
             return { ops, divergence: { stage: 'view', step: i, signature: 'view:unreadable', detail: `    ts view: ${codeOf(err)} ${String(err)}` } };
@@ -572,7 +523,9 @@ export class Fuzzer {
       }
       if (!ts || opts.skipFinal || divergence) return { ops, divergence };
 
-      // The end: close descriptors, unmount, compare the uppers and the cross-mounts.
+      // The end: close descriptors, unmount, compare the uppers and the cross-mounts. The final
+      // views leave out which lower st_ino an entry keeps: neither implementation reads the
+      // other's record of it (differences.ts inode-numbers).
       const step = ops.length;
       for (let slot = 0; slot < SLOTS; slot++) {
         const k = kernel.fds[slot] === null ? 'none' : execOp(kernel, { t: 'close', slot });

@@ -1,20 +1,27 @@
 /**
  * Pictures of a merged view and of an upper layer, and their comparison, for the
- * differential fuzzer. Times follow the rules in differences.ts (ms-times, fresh-times).
+ * differential fuzzer. Times are compared to the nanosecond, except those from the clock
+ * (differences.ts fresh-times). Paths are fuzzer strings (names.ts): any bytes.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, type BigIntStats } from 'node:fs';
-import { join } from 'node:path';
 import { isWhiteoutStat } from '../../src/overlay/format';
 import { lgetxattr, lgetxattrOrNull, llistxattr } from '../../src/sys/libc';
 import { typeOf } from '../helpers/snapshot';
 import { FRESH_TIME_MS } from './generate';
 import { fuzzMode } from './mode';
+import { stringOf, under } from './names';
 
-/** mtime in whole milliseconds, or 'fresh' for a time from the clock during the run. */
+const FRESH_TIME_NS = BigInt(FRESH_TIME_MS) * 1_000_000n;
+
+/** mtime in nanoseconds, or 'fresh' for a time from the clock during the run. */
 export function mtimeOf(st: BigIntStats): string {
-  const ms = Number(st.mtimeNs / 1_000_000n);
-  return ms >= FRESH_TIME_MS ? 'fresh' : String(ms);
+  return st.mtimeNs >= FRESH_TIME_NS ? 'fresh' : String(st.mtimeNs);
+}
+
+/** The names in directory `p`, as fuzzer strings, sorted. */
+function namesIn(p: Buffer): string[] {
+  return readdirSync(p, { encoding: 'buffer' }).map(stringOf).sort();
 }
 
 export function sha(buf: Buffer): string {
@@ -24,7 +31,7 @@ export function sha(buf: Buffer): string {
 const CHUNK = Buffer.alloc(1 << 20);
 
 /** Reads a whole file without blocking on a fifo; returns [length, hash]. */
-export function readAll(path: string): [number, string] {
+export function readAll(path: string | Buffer): [number, string] {
   const fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOFOLLOW);
   try {
     const h = createHash('sha256');
@@ -49,6 +56,8 @@ export interface ViewEntry {
   nlink: number;
   size: number;
   mtime: string;
+  /** `lower N` where the entry shows the st_ino of lower inode N, else `upper` (differences.ts inode-numbers). */
+  ino?: string;
   target?: string;
   data?: string;
   xattrs: string[];
@@ -66,7 +75,7 @@ export interface Picture<E extends { type: string }> {
  */
 export type View = Picture<ViewEntry> & { stamps?: Map<string, string> };
 
-function xattrsOf(p: string): string[] {
+function xattrsOf(p: Buffer): string[] {
   return llistxattr(p).sort().map((n) => `${n}=${lgetxattr(p, n).toString('base64')}`);
 }
 
@@ -75,16 +84,19 @@ function xattrsOf(p: string): string[] {
  * and xattrs of an entry whose stamp is unchanged (and, if given, `alsoUnchanged` says so) are
  * taken from that earlier view instead of being read again: a change of data or xattrs moves
  * ctime, and reading every file through FUSE at every step was most of a fuzzing run's time.
- * A ctime through ts-overlayfs has whole milliseconds only, so two changes within one can keep
- * its stamp: its view is reused only where the kernel's (nanosecond ctimes, and ext4 makes each
- * change after a stat move it) is unchanged too.
+ * ts-overlayfs's view is reused only where the kernel's is unchanged too (ext4 makes each
+ * change after a stat move ctime), so a change it shows without a new ctime is still seen.
+ * With `lowerInos` (the lower layers' st_ino values), each entry tells which one it shows.
+ * `exactTimes`: times from the clock are shown as they are too (for views of the same upper).
  */
-export function takeView(root: string, opts: { exactTimes?: boolean; since?: View; alsoUnchanged?: (path: string) => boolean } = {}): View {
+export function takeView(root: string, opts: {
+  exactTimes?: boolean; since?: View; alsoUnchanged?: (path: string) => boolean; lowerInos?: ReadonlySet<bigint>;
+} = {}): View {
   const entries = new Map<string, ViewEntry>();
   const stamps = new Map<string, string>();
   const byIno = new Map<bigint, string[]>();
   const walk = (rel: string) => {
-    const p = rel === '' ? root : join(root, rel);
+    const p = under(root, rel);
     const key = rel === '' ? '.' : rel;
     const st = lstatSync(p, { bigint: true });
     const type = typeOf(Number(st.mode));
@@ -97,16 +109,17 @@ export function takeView(root: string, opts: { exactTimes?: boolean; since?: Vie
       uid: Number(st.uid),
       gid: Number(st.gid),
       nlink: Number(st.nlink),
-      mtime: opts.exactTimes ? String(st.mtimeNs / 1_000_000n) : mtimeOf(st),
+      mtime: opts.exactTimes ? String(st.mtimeNs) : mtimeOf(st),
       size: Number(st.size),
       xattrs: type === 'symlink' ? [] : before ? before.xattrs : xattrsOf(p),
     };
-    if (type === 'symlink') e.target = readlinkSync(p);
+    if (opts.lowerInos) e.ino = opts.lowerInos.has(st.ino) ? `lower ${st.ino}` : 'upper';
+    if (type === 'symlink') e.target = stringOf(readlinkSync(p, { encoding: 'buffer' }));
     if (type === 'file') e.data = before?.data ?? readAll(p).join(':');
     entries.set(key, e);
     stamps.set(key, stamp);
     if (type === 'dir') {
-      for (const name of readdirSync(p).sort()) walk(rel === '' ? name : `${rel}/${name}`);
+      for (const name of namesIn(p)) walk(rel === '' ? name : `${rel}/${name}`);
     } else {
       const g = byIno.get(st.ino) ?? [];
       g.push(rel);
@@ -173,7 +186,7 @@ export function pictureUpper(root: string): UpperPicture {
   const entries = new Map<string, UpperEntry>();
   const byIno = new Map<bigint, string[]>();
   const walk = (rel: string) => {
-    const p = rel === '' ? root : join(root, rel);
+    const p = under(root, rel);
     const st = lstatSync(p, { bigint: true });
     const plain = lstatSync(p);
     const whiteout = isWhiteoutStat(plain);
@@ -190,14 +203,14 @@ export function pictureUpper(root: string): UpperPicture {
       e.size = plain.size;
       e.data = readAll(p).join(':');
     }
-    if (type === 'symlink') e.target = readlinkSync(p);
+    if (type === 'symlink') e.target = stringOf(readlinkSync(p, { encoding: 'buffer' }));
     if (type === 'dir') {
       const o = lgetxattrOrNull(p, `${fuzzMode().overlayXattrs}opaque`);
       if (o) e.opaque = o.toString();
     }
     entries.set(rel === '' ? '.' : rel, e);
     if (type === 'dir') {
-      for (const n of readdirSync(p).sort()) walk(rel === '' ? n : `${rel}/${n}`);
+      for (const n of namesIn(p)) walk(rel === '' ? n : `${rel}/${n}`);
     } else if (type !== 'whiteout') {
       const g = byIno.get(st.ino) ?? [];
       g.push(rel);
