@@ -70,6 +70,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'sparse lower files have only layouts that both copies keep: a hole, then data to the end, or a whole 1 MiB chunk of data at a block boundary, then a hole to the end',
   },
   {
+    name: 'dir-seek',
+    kind: 'inherent',
+    why: 'lseek(SEEK_DATA/SEEK_HOLE) on a directory: the kernel\'s FUSE client answers it itself (generic_file_llseek against the directory\'s st_size: ENXIO past it), never asking ts-overlayfs; kernel overlayfs passes it to the real directory of an unmerged one (ext4: any offset is data) and answers EINVAL for a merged one',
+    handling: 'the generator does not lseek with SEEK_DATA/SEEK_HOLE on a directory',
+  },
+  {
     name: 'readdir-during-change',
     kind: 'inherent',
     why: 'POSIX leaves unspecified whether a name added or removed while a directory stream is open is reported',

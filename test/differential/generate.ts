@@ -435,8 +435,8 @@ export interface ViewInfo {
   readonly nlinks: ReadonlyMap<string, number>;
   /** Modes (permission bits) by path. */
   readonly modes: ReadonlyMap<string, number>;
-  /** Descriptor slots: whether each holds an open descriptor (its name still there or not). */
-  readonly slots: readonly boolean[];
+  /** Descriptor slots: the type of what each holds open (its name still there or not), or null. */
+  readonly slots: readonly (string | null)[];
 }
 
 export const SLOTS = 4;
@@ -519,7 +519,7 @@ export class OpGenerator {
 
   /** An open descriptor slot, its name still there or not (I/O after unlink is exercised). */
   private openSlot(v: ViewInfo): number | null {
-    const open = v.slots.flatMap((s, i) => (s ? [i] : []));
+    const open = v.slots.flatMap((s, i) => (s !== null ? [i] : []));
     return open.length === 0 ? null : this.r.pick(open);
   }
 
@@ -573,6 +573,8 @@ export class OpGenerator {
         return [{ t: 'fallocate', slot: slot!, mode, offset, len }];
       }
       case 'seek':
+        // differences.ts dir-seek: not on a directory.
+        if (v.slots[slot!] === 'dir') return [];
         return [{ t: 'seek', slot: slot!, whence: r.pick(['DATA', 'HOLE'] as const), offset: r.weighted([[3, 0], [3, r.int(0, 9000)], [1, r.pick([4096, 1 << 20, (1 << 20) + 1, 3000000])]]) }];
       case 'readFile':
         return allowed(v, { t: 'readFile', path: this.file(v) });

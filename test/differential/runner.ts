@@ -7,7 +7,7 @@
  * shrunk to a short sequence and reported with a command that reproduces it.
  */
 import {
-  chmodSync, chownSync, closeSync, constants as fsc, ftruncateSync, lchownSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync,
+  chmodSync, chownSync, closeSync, constants as fsc, fstatSync, ftruncateSync, lchownSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync,
   opendirSync, readdirSync, readFileSync, readSync, renameSync, rmdirSync, rmSync, statSync, symlinkSync, truncateSync,
   unlinkSync, writeSync,
 } from 'node:fs';
@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { lgetxattr, lremovexattr, lsetxattr, mknod } from '../../src/sys/libc';
 import { mountKernel, mountTs, type Mounted } from '../helpers/mounts';
+import { typeOf } from '../helpers/snapshot';
 import {
   AT_SYMLINK_NOFOLLOW, fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, lseek, renameat2, RENAME_EXCHANGE, RENAME_NOREPLACE,
   RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, UTIME_NOW, UTIME_OMIT, utimensat, type Ts,
@@ -391,7 +392,7 @@ function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<
     if (e.type === 'file') sizes.set(p, e.size);
     if (e.type !== 'dir') nlinks.set(p, e.nlink);
   }
-  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: fds.map((fd) => fd !== null) };
+  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: fds.map((fd) => (fd === null ? null : typeOf(Number(fstatSync(fd).mode)))) };
 }
 
 /** The inode numbers of every entry of the lower layers (all on one filesystem). */
