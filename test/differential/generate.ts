@@ -549,7 +549,7 @@ export class OpGenerator {
       [slot !== null ? 3 : 0, 'seek'], [3, 'readFile'], [6, 'writeFile'],
       [4, 'append'], [4, 'truncate'], [6, 'mkdir'], [4, 'rmdir'], [6, 'unlink'], [9, 'rename'], [5, 'rename2'], [4, 'link'], [4, 'symlink'],
       [2, 'mkfifo'], [4, 'chmod'], [3, 'chown'], [3, 'utimes'], [4, 'setxattr'], [3, 'removexattr'], [1, 'getxattr'],
-      [2, 'stat'], [3, 'readdir'], [2, 'readdirDuring'], [3, 'staleFd'],
+      [2, 'stat'], [3, 'readdir'], [2, 'readdirDuring'], [3, 'staleFd'], [2, 'linkedOpen'], [1, 'linkedFifo'],
     ] as const);
     switch (kind) {
       case 'open': {
@@ -642,6 +642,51 @@ export class OpGenerator {
           [victim !== null ? 2 : 0, { t: 'rmdir', path: victim ?? fresh }],
         ] as const);
         return allowed(v, inner).length > 0 ? [{ t: 'readdirDuring', path: dir, inner }] : [];
+      }
+      case 'linkedOpen': {
+        // A file with other hard links, open while one of its names goes (unlink, rename
+        // over, or its directory renamed); then I/O and fstat through the descriptor, and
+        // the other names' link count in the view.
+        const f = this.existing(v, (t) => t === 'file' || t === 'fifo');
+        if (f === null) return [];
+        const a = r.int(0, SLOTS - 1);
+        const other = this.newPath(v);
+        const ops: Op[] = [];
+        if (!hasOtherLinks(v, f)) ops.push({ t: 'link', from: f, to: other });
+        const isFifo = v.types.get(f) === 'fifo';
+        ops.push({ t: 'open', slot: a, path: f, flags: isFifo ? ['RDONLY'] : r.pick([['RDONLY'], ['RDWR'], ['WRONLY', 'APPEND']] as OpenFlag[][]), mode: 0 });
+        const gone = r.weighted([[3, 'unlink'], [2, 'rename-over'], [1, 'rename-away'], [1, 'rmdir-parent']] as const);
+        if (gone === 'unlink') ops.push({ t: 'unlink', path: f });
+        else if (gone === 'rename-over') ops.push({ t: 'rename', from: this.existing(v, (t) => t !== 'dir') ?? other, to: f });
+        else if (gone === 'rename-away') ops.push({ t: 'rename', from: f, to: this.newPath(v) });
+        else {
+          ops.push({ t: 'unlink', path: f });
+          ops.push({ t: 'rmdir', path: f.includes('/') ? f.slice(0, f.lastIndexOf('/')) : f });
+        }
+        if (!isFifo) ops.push({ t: 'write', slot: a, pos: r.chance(0.5) ? 0 : null, data: dataOf(r) });
+        ops.push({ t: 'fstat', slot: a });
+        if (!isFifo) ops.push({ t: 'read', slot: a, pos: 0, len: 70000 });
+        if (r.chance(0.4)) ops.push({ t: 'close', slot: a });
+        return ops.flatMap((op) => allowed(v, op));
+      }
+      case 'linkedFifo': {
+        // A fifo's hard links are one pipe: a reader opened by one name is the reader of a
+        // writer opened by another, and data written by one name is read by the other.
+        const f = this.existing(v, (t) => t === 'fifo');
+        const name = f ?? this.newPath(v);
+        const other = this.newPath(v);
+        const a = r.int(0, SLOTS - 1);
+        let b = r.int(0, SLOTS - 2);
+        if (b >= a) b++;
+        const ops: Op[] = [];
+        if (f === null) ops.push({ t: 'mkfifo', path: name, mode: 0o644 });
+        ops.push({ t: 'link', from: name, to: other });
+        ops.push({ t: 'open', slot: a, path: r.chance(0.5) ? name : other, flags: ['RDONLY'], mode: 0 });
+        if (r.chance(0.5)) ops.push({ t: 'open', slot: b, path: r.chance(0.5) ? name : other, flags: ['WRONLY'], mode: 0 });
+        ops.push({ t: 'writeFile', path: r.chance(0.5) ? name : other, data: { s: -1, n: r.int(1, 3000) }, mode: 0o644 });
+        ops.push({ t: 'read', slot: a, pos: null, len: 4096 });
+        if (r.chance(0.5)) ops.push({ t: 'fstat', slot: a });
+        return ops.flatMap((op) => allowed(v, op));
       }
       case 'staleFd': {
         // A descriptor opened read-only before a copy-up, then the file changes through
