@@ -219,7 +219,11 @@ async function main(): Promise<number> {
       }
       reports.push(report);
       log(formatReport(report));
-      log(`  saved: ${save(args.out, report, fz.layers)} (run it with --replay FILE)`);
+      try {
+        log(`  saved: ${save(args.out, report, fz.layers)} (run it with --replay FILE)`);
+      } catch (err) {
+        log(`  not saved: ${String((err as Error).message)}`);
+      }
     } finally {
       await fz.dispose();
     }

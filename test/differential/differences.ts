@@ -30,8 +30,8 @@ export const DIFFERENCES: readonly Difference[] = [
   {
     name: 'userns-ino',
     kind: 'kernel-quirk',
-    why: 'with userxattr (unprivileged mode) the kernel cannot record where a copied-up file came from (its user.overlay.origin is empty), so the file shows its lower st_ino while its dentry stays cached and the upper file\'s st_ino after: a hard link made to it shows another number, and after a remount every name does; ts-overlayfs keeps one number for all names. Renaming one of those names onto another fails there with ESTALE (POSIX: success, nothing changes, as on ts-overlayfs)',
-    handling: 'in unprivileged mode the views\' hard-link groups are not compared (nlink still is, and the upper layers\' hard links are), and the generator does not rename a name with other links onto another such name',
+    why: 'with userxattr (unprivileged mode) the kernel cannot record where a copied-up file came from (its user.overlay.origin is empty), so the file shows its lower st_ino while its dentry stays cached and the upper file\'s st_ino after: a hard link made to it shows another number, and after a remount every name does; ts-overlayfs keeps one number for all names. Renaming one of those names onto another fails there with ESTALE (POSIX: success, nothing changes, as on ts-overlayfs). The names are then separate overlay inodes, so a fifo\'s hard links are separate pipes there (a reader opened by one name is no reader for a writer opened by another: ENXIO), where ts-overlayfs has one',
+    handling: 'in unprivileged mode the views\' hard-link groups are not compared (nlink still is, and the upper layers\' hard links are), and the generator does not rename a name with other links onto another such name, nor open a fifo that has other links (by any of its names, or through a symlink)',
   },
   {
     name: 'whiteout-in-unmerged-dir',

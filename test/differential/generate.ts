@@ -437,6 +437,8 @@ export interface ViewInfo {
   readonly modes: ReadonlyMap<string, number>;
   /** Descriptor slots: the type of what each holds open (its name still there or not), or null. */
   readonly slots: readonly (string | null)[];
+  /** Whether opening `path` (symlinks followed) opens a fifo with other links (unprivileged mode only: userns-ino). */
+  readonly opensLinkedFifo: (path: string) => boolean;
 }
 
 export const SLOTS = 4;
@@ -450,8 +452,11 @@ function allowed(v: ViewInfo, op: Op): Op[] {
   // differences.ts failed-rename-opaque: no directory over a non-empty directory.
   if (op.t === 'rename' && AVOID.failedRenameOpaque && v.types.get(op.from) === 'dir' && v.types.get(op.to) === 'dir' &&
     [...v.types.keys()].some((p) => p.startsWith(`${op.to}/`))) return [];
-  // differences.ts userns-ino: not between two names that may be one file, in a user namespace.
+  // differences.ts userns-ino: not between two names that may be one file, in a user namespace,
+  // and no fifo opened there that has other links.
   if ((op.t === 'rename' || op.t === 'rename2') && fuzzMode().unprivileged && hasOtherLinks(v, op.from) && hasOtherLinks(v, op.to)) return [];
+  const opened = op.t === 'open' || op.t === 'readFile' || op.t === 'writeFile' || op.t === 'append' ? op.path : null;
+  if (opened !== null && fuzzMode().unprivileged && v.opensLinkedFifo(opened)) return [];
   return [op];
 }
 
@@ -647,7 +652,8 @@ export class OpGenerator {
         // A file with other hard links, open while one of its names goes (unlink, rename
         // over, or its directory renamed); then I/O and fstat through the descriptor, and
         // the other names' link count in the view.
-        const f = this.existing(v, (t) => t === 'file' || t === 'fifo');
+        // differences.ts userns-ino: no fifo made linked here (allowed() sees the view before the link).
+        const f = this.existing(v, (t) => t === 'file' || (t === 'fifo' && !fuzzMode().unprivileged));
         if (f === null) return [];
         const a = r.int(0, SLOTS - 1);
         const other = this.newPath(v);
@@ -672,6 +678,7 @@ export class OpGenerator {
       case 'linkedFifo': {
         // A fifo's hard links are one pipe: a reader opened by one name is the reader of a
         // writer opened by another, and data written by one name is read by the other.
+        if (fuzzMode().unprivileged) return []; // differences.ts userns-ino
         const f = this.existing(v, (t) => t === 'fifo');
         const name = f ?? this.newPath(v);
         const other = this.newPath(v);

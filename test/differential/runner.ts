@@ -380,7 +380,7 @@ function firstToken(outcome: string): string {
   return outcome.split(/[ ;]/)[0];
 }
 
-function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<string>, fds: readonly (number | null)[]): ViewInfo {
+function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<string>, fds: readonly (number | null)[], mnt: string): ViewInfo {
   const nlinks = new Map<string, number>();
   const types = new Map<string, string>();
   const sizes = new Map<string, number>();
@@ -392,7 +392,15 @@ function viewInfo(view: View, lowerPaths: string[], lowerWhiteouts: ReadonlySet<
     if (e.type === 'file') sizes.set(p, e.size);
     if (e.type !== 'dir') nlinks.set(p, e.nlink);
   }
-  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: fds.map((fd) => (fd === null ? null : typeOf(Number(fstatSync(fd).mode)))) };
+  const opensLinkedFifo = (path: string): boolean => {
+    try {
+      const st = statSync(under(mnt, path));
+      return (st.mode & 0o170000) === S_IFIFO && st.nlink > 1;
+    } catch {
+      return false;
+    }
+  };
+  return { types, sizes, modes, lowerPaths, lowerWhiteouts, nlinks, slots: fds.map((fd) => (fd === null ? null : typeOf(Number(fstatSync(fd).mode)))), opensLinkedFifo };
 }
 
 /** The inode numbers of every entry of the lower layers (all on one filesystem). */
@@ -476,7 +484,7 @@ export class Fuzzer {
         }
       }
       while (ops.length < total) {
-        if (queue.length === 0 && gen) queue.push(...gen.next(viewInfo(kView, this.lowerPaths, this.lowerWhiteouts, kernel.fds)));
+        if (queue.length === 0 && gen) queue.push(...gen.next(viewInfo(kView, this.lowerPaths, this.lowerWhiteouts, kernel.fds, kernel.mnt)));
         const op = queue.shift();
         if (!op) continue;
         const i = ops.length;
