@@ -528,6 +528,25 @@ export class OpGenerator {
     return open.length === 0 ? null : this.r.pick(open);
   }
 
+  /** A slot holding a regular file, mostly (fallocate and lseek then mostly do something). */
+  private fileSlot(v: ViewInfo): number | null {
+    const files = v.slots.flatMap((s, i) => (s === 'file' ? [i] : []));
+    return files.length > 0 && this.r.chance(0.85) ? this.r.pick(files) : null;
+  }
+
+  private fallocate(slot: number): Op {
+    const r = this.r;
+    const mode = r.weighted([[3, 'ALLOC'], [2, 'KEEP_SIZE'], [4, 'PUNCH_HOLE']] as const);
+    const offset = r.weighted([[3, r.pick([0, 100, 4096, 8192])], [3, r.int(0, 9000)], [1, r.pick([65536, 1 << 20, (1 << 20) + 4096, 3000000])]]);
+    const len = r.weighted([[1, 0], [4, r.pick([1, 100, 4096, 8192, 65536])], [3, r.int(1, 20000)], [1, r.pick([1 << 20, 2 << 20])]]);
+    return { t: 'fallocate', slot, mode, offset, len };
+  }
+
+  private seek(slot: number): Op {
+    const r = this.r;
+    return { t: 'seek', slot, whence: r.pick(['DATA', 'HOLE'] as const), offset: r.weighted([[3, 0], [3, r.int(0, 9000)], [1, r.pick([4096, 65536, 1 << 20, (1 << 20) + 1, 3000000])]]) };
+  }
+
   /** A time for utimes: mostly a value, sometimes UTIME_NOW or UTIME_OMIT. */
   private time(): TimeArg {
     return this.r.weighted<() => TimeArg>([[8, () => time(this.r)], [1, () => 'now'], [1, () => 'omit']])();
@@ -551,7 +570,7 @@ export class OpGenerator {
     const kind = r.weighted([
       [10, 'open'], [closable !== null ? 4 : 0, 'close'], [slot !== null ? 9 : 0, 'read'], [slot !== null ? 8 : 0, 'write'],
       [slot !== null ? 2 : 0, 'ftruncate'], [slot !== null ? 2 : 0, 'fstat'], [slot !== null ? 3 : 0, 'fallocate'],
-      [slot !== null ? 3 : 0, 'seek'], [3, 'readFile'], [6, 'writeFile'],
+      [slot !== null ? 3 : 0, 'seek'], [3, 'holes'], [3, 'readFile'], [6, 'writeFile'],
       [4, 'append'], [4, 'truncate'], [6, 'mkdir'], [4, 'rmdir'], [6, 'unlink'], [9, 'rename'], [5, 'rename2'], [4, 'link'], [4, 'symlink'],
       [2, 'mkfifo'], [4, 'chmod'], [3, 'chown'], [3, 'utimes'], [4, 'setxattr'], [3, 'removexattr'], [1, 'getxattr'],
       [2, 'stat'], [3, 'readdir'], [2, 'readdirDuring'], [3, 'staleFd'], [2, 'linkedOpen'], [1, 'linkedFifo'],
@@ -571,16 +590,25 @@ export class OpGenerator {
         return [{ t: 'ftruncate', slot: slot!, size: r.pick([0, 1, 100, 5000, 70000]) }];
       case 'fstat':
         return [{ t: 'fstat', slot: slot! }];
-      case 'fallocate': {
-        const mode = r.weighted([[3, 'ALLOC'], [2, 'KEEP_SIZE'], [4, 'PUNCH_HOLE']] as const);
-        const offset = r.weighted([[3, r.pick([0, 100, 4096, 8192])], [3, r.int(0, 9000)], [1, r.pick([1 << 20, (1 << 20) + 4096, 3000000])]]);
-        const len = r.weighted([[1, 0], [4, r.pick([1, 100, 4096, 8192, 65536])], [3, r.int(1, 20000)], [1, r.pick([1 << 20, 2 << 20])]]);
-        return [{ t: 'fallocate', slot: slot!, mode, offset, len }];
-      }
-      case 'seek':
+      case 'fallocate':
+        return [this.fallocate(this.fileSlot(v) ?? slot!)];
+      case 'seek': {
+        const s = this.fileSlot(v) ?? slot!;
         // differences.ts dir-seek: not on a directory.
-        if (v.slots[slot!] === 'dir') return [];
-        return [{ t: 'seek', slot: slot!, whence: r.pick(['DATA', 'HOLE'] as const), offset: r.weighted([[3, 0], [3, r.int(0, 9000)], [1, r.pick([4096, 1 << 20, (1 << 20) + 1, 3000000])]]) }];
+        return v.slots[s] === 'dir' ? [] : [this.seek(s)];
+      }
+      case 'holes': {
+        // A file opened for writing, given holes (a write far out, a punched hole, space
+        // kept past its end), then where SEEK_DATA/SEEK_HOLE land, and its data.
+        const f = this.existing(v, (t) => t === 'file') ?? this.newPath(v);
+        const a = r.int(0, SLOTS - 1);
+        const ops: Op[] = [{ t: 'open', slot: a, path: f, flags: r.pick([['RDWR'], ['RDWR', 'CREAT'], ['WRONLY', 'CREAT', 'TRUNC']] as OpenFlag[][]), mode: 0o644 }];
+        if (r.chance(0.6)) ops.push({ t: 'write', slot: a, pos: r.pick([0, 4096, 70000, 1 << 20, 3000000]), data: dataOf(r) });
+        for (let k = r.int(1, 3); k > 0; k--) ops.push(this.fallocate(a));
+        for (let k = r.int(1, 4); k > 0; k--) ops.push(this.seek(a));
+        if (r.chance(0.5)) ops.push({ t: 'read', slot: a, pos: null, len: 4096 });
+        return ops;
+      }
       case 'readFile':
         return allowed(v, { t: 'readFile', path: this.file(v) });
       case 'writeFile':
