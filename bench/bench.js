@@ -122,6 +122,7 @@ Options:
   --readonly         mount the lowers only (no upper): only mount, read_small, find_*,
                      read_big_cold run
   --json             print one JSON object on stdout instead of the table
+  --table-from FILE  print the table of a report saved with --json, and exit (no root)
   -h, --help         this text
 The defaults give a merged view of ~23k entries (16000 small files, 2000 + 800 + 2400 more,
 their dirs). Progress goes to stderr; the result (table or JSON) to stdout.
@@ -173,6 +174,7 @@ function parseArgs(argv) {
     switch (arg) {
       case '-h': case '--help': opts.help = true; break;
       case '--json': opts.json = true; break;
+      case '--table-from': opts.tableFrom = next(); break;
       case '--readonly': opts.readonly = true; break;
       case '--small': break; // already applied above, before the size defaults
       case '--runs': opts.runs = positiveInt(arg, next()); break;
@@ -1152,6 +1154,10 @@ async function main() {
   const opts = parseArgs(process.argv.slice(2));
   if (opts.help) {
     process.stdout.write(HELP);
+    return 0;
+  }
+  if (opts.tableFrom) {
+    printTable(JSON.parse(fs.readFileSync(opts.tableFrom, 'utf8')));
     return 0;
   }
   preflight(opts);
