@@ -207,7 +207,10 @@ export class Session {
     while (!this.ended) {
       const n = readRaw(this.fd, this.inBuf);
       if (n > 0) {
+        const wasInitialised = this.connection !== null;
         this.dispatch(n);
+        // Whoever waits for the mount to be usable runs now, not after the next request.
+        if (!wasInitialised && this.connection !== null) return this.schedule();
         if ((++served & 63) === 0 && Date.now() - start > SLICE_MS) return this.schedule();
         continue;
       }
