@@ -274,7 +274,7 @@ function recordIno(ctx: UpperContext, path: string, ino: number): void {
 
 /** Points the descriptors still open on the lower file at the upper copy, keeping their numbers. */
 function followCopyUp(node: OvlNode, upperPath: Buffer): void {
-  for (const [fd, flags] of node.lowerFds) {
+  for (const [fd, flags] of node.takeLowerFds()) {
     try {
       const copy = openSync(upperPath, (flags & ~fsc.O_TRUNC) | fsc.O_NOFOLLOW);
       try {
@@ -287,5 +287,4 @@ function followCopyUp(node: OvlNode, upperPath: Buffer): void {
       log.error('descriptor %d of %s stays on the lower file: %s', fd, node.path, (err as Error).message);
     }
   }
-  node.lowerFds.clear();
 }

@@ -24,8 +24,7 @@ export interface NodeName {
 }
 
 export class OvlNode {
-  /** Lookups done in this directory: a node, or null for a name known not to exist. */
-  readonly children = new Map<string, OvlNode | null>();
+  private childMap?: Map<string, OvlNode | null>;
   private loaded?: LayerListing[];
   /** Other names of the same file, beside parent/name (hard links in the upper layer). */
   otherNames: NodeName[] | null = null;
@@ -34,13 +33,12 @@ export class OvlNode {
   /** A copy-up in progress, which later writers wait for instead of starting their own. */
   copyUp?: Promise<void>;
   /**
-   * Descriptors opened on this file while it was in a lower layer (descriptor -> open flags).
-   * A copy-up points them at the upper copy, as the kernel's overlay reopens its real file:
-   * reads through them then see later writes.
+   * Descriptors open on this node, each with its open flags while it reads the file in a
+   * lower layer (null once it reads the upper file): a copy-up points those at the upper
+   * copy, as the kernel's overlay reopens its real file, so reads through them see later
+   * writes. Most nodes are never open: made when first needed.
    */
-  readonly lowerFds = new Map<number, number>();
-  /** Descriptors open on this node (files and directories alike). */
-  readonly fds = new Set<number>();
+  private openFds: Map<number, number | null> | null = null;
   /** Where the data of a removed upper file that is still open waits (in the work directory). */
   detachedAt?: Buffer;
   /** What a removed upper entry with no data kept looked like, for whoever still asks. */
@@ -68,6 +66,41 @@ export class OvlNode {
 
   get isDir(): boolean {
     return this.dirLayers.length > 0;
+  }
+
+  /** Lookups done in this directory: a node, or null for a name known not to exist. */
+  get children(): Map<string, OvlNode | null> {
+    return (this.childMap ??= new Map());
+  }
+
+  /** A descriptor now open on this node; `lowerFlags` if it reads the file in a lower layer. */
+  opened(fd: number, lowerFlags: number | null): void {
+    (this.openFds ??= new Map()).set(fd, lowerFlags);
+  }
+
+  closed(fd: number): void {
+    this.openFds?.delete(fd);
+    if (this.openFds?.size === 0) this.openFds = null;
+  }
+
+  /** Descriptors open on this node. */
+  get fds(): Iterable<number> {
+    return this.openFds?.keys() ?? [];
+  }
+
+  get isOpen(): boolean {
+    return this.openFds !== null;
+  }
+
+  /** The descriptors still reading the lower file, with their open flags; from now on they read the upper one. */
+  takeLowerFds(): [number, number][] {
+    const lower: [number, number][] = [];
+    for (const [fd, flags] of this.openFds ?? []) {
+      if (flags === null) continue;
+      lower.push([fd, flags]);
+      this.openFds!.set(fd, null);
+    }
+    return lower;
   }
 
   /** Relative overlay path (a byte string), '' for the root. */

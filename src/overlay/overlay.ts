@@ -229,9 +229,8 @@ export class Overlay {
   }
 
   private opened(node: OvlNode, fd: number, flags: number): void {
-    node.fds.add(fd);
     this.fdNodes.set(fd, node);
-    if (!node.layer.upper && !node.detachedAt) node.lowerFds.set(fd, flags);
+    node.opened(fd, node.layer.upper ? null : flags);
   }
 
   /** Closes a descriptor of `open`/`create`. */
@@ -240,8 +239,7 @@ export class Overlay {
     this.fdNodes.delete(fd);
     closeSync(fd);
     if (!node) return;
-    node.fds.delete(fd);
-    node.lowerFds.delete(fd);
+    node.closed(fd);
     if (node.lookups === 0) this.forget(node);
   }
 
@@ -250,7 +248,7 @@ export class Overlay {
    * removed file's data can go.
    */
   forget(node: OvlNode): void {
-    if (node.fds.size > 0 || node.lookups > 0 || !node.removed || !node.detachedAt) return;
+    if (node.isOpen || node.lookups > 0 || !node.removed || !node.detachedAt) return;
     rmSync(node.detachedAt, { force: true });
     node.detachedAt = undefined;
     this.tree.upperGone(node);

@@ -352,7 +352,7 @@ function departureOf(ctx: WriteContext, node: OvlNode, path: Buffer): Departure 
   if (!node.layer.upper) return { last: node.names().length === 1, keepAt: null, before: null };
   const before = lstatx(path);
   const last = node.names().length === 1 && (node.isDir || before.nlink <= 1);
-  const keepAt = last && !node.isDir && node.fds.size > 0 ? ctx.work.temp() : null;
+  const keepAt = last && !node.isDir && node.isOpen ? ctx.work.temp() : null;
   // A second name in the work directory keeps the inode alive whatever the upper does next.
   if (keepAt !== null) linkSync(path, keepAt);
   return { last, keepAt, before };
