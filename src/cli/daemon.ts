@@ -21,19 +21,25 @@ export function daemonConfig(): MountConfig | null {
 }
 
 /**
+ * A daemon's garbage is almost all short-lived request buffers: a small young generation
+ * keeps its footprint down at no measurable cost in speed (scripts/bench).
+ */
+const DAEMON_NODE_FLAGS = ['--max-semi-space-size=4'];
+
+/**
  * Launcher side: starts the daemon and resolves with the exit code the launcher should use.
  * The daemon gets the launcher's arguments too, only so that `ps` shows what it serves.
  */
 export function launchDaemon(config: MountConfig, entry: string, argv: readonly string[]): Promise<number> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [entry, ...argv], {
+    const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, entry, ...argv], {
       detached: true,
       cwd: '/',
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       env: { ...process.env, [CONFIG_ENV]: JSON.stringify(config) },
     });
     let status = '';
-    // What the daemon (libfuse, mostly) says before it is ready becomes part of the one error line.
+    // What the daemon says before it is ready becomes part of the one error line.
     let said = '';
     child.stderr!.on('data', (chunk: Buffer) => { said += chunk.toString(); });
     const statusPipe = child.stdio[STATUS_FD] as NodeJS.ReadableStream;
