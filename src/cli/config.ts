@@ -131,7 +131,7 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     mountOptions,
     fsname: o.fsname,
     allowRoot,
-    cache: cachePolicy(writable, o.timeout === undefined ? undefined : cacheSeconds(o.timeout), o.fuseFlags.includes('kernel_cache')),
+    cache: cachePolicy(o.timeout === undefined ? undefined : cacheSeconds(o.timeout)),
   };
 }
 

@@ -21,12 +21,12 @@
  */
 import { constants } from 'node:os';
 import { closeRaw, pollRaw, pollRawAsync, pollSet, readRaw, writeRaw } from '../sys/device';
-import { FSYNC_FDATASYNC, GETATTR_FH, Init, KERNEL_VERSION, MAX_MINOR, MIN_MINOR, MIN_READ_BUFFER, OP_NAMES, Op, Size } from './protocol';
-import type { Awaitable, Connection, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Request } from './types';
+import { FSYNC_FDATASYNC, GETATTR_FH, Init, KERNEL_VERSION, MAX_MINOR, MIN_MINOR, MIN_READ_BUFFER, Notify, OP_NAMES, Op, Size } from './protocol';
+import type { Awaitable, Connection, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Notifier, Request } from './types';
 import {
   direntPlusSize, direntSize, readCString, readInHeader, readInitIn, readSetattrIn, readU64, writeAttrOut,
-  writeDirent, writeDirentPlus, writeEntryOut, writeGetxattrOut, writeInitOut, writeLseekOut, writeOpenOut,
-  writeOutHeader, writeStatfsOut, writeWriteOut,
+  writeDirent, writeDirentPlus, writeEntryOut, writeGetxattrOut, writeInitOut, writeLseekOut, writeNotifyInvalInodeOut,
+  writeOpenOut, writeOutHeader, writeStatfsOut, writeWriteOut,
 } from './wire';
 
 const E = constants.errno;
@@ -132,13 +132,15 @@ class Listing implements DirectorySink, DirectoryPlusSink {
   }
 }
 
-export class Session {
+export class Session implements Notifier {
   private inBuf: Buffer;
   /** Request buffers free for reuse (one is swapped out whenever a method goes asynchronous). */
   private readonly spareIn: Buffer[] = [];
   /** Replies are encoded here and written at once, so one buffer serves every answer but reads. */
   private readonly out: Buffer;
   private readonly spareRead: Buffer[] = [];
+  /** Notifications have a buffer of their own: one may be sent while a reply is being encoded in `out`. */
+  private readonly notifyBuf = Buffer.alloc(Size.OUT_HEADER + Size.NOTIFY_INVAL_INODE_OUT);
   private readonly pollFds: Buffer;
   private readonly pending = new Map<number, Request>();
   private connection: Connection | null = null;
@@ -271,6 +273,18 @@ export class Session {
     if (n === -E.ENOENT) return;
     if (n === -E.ENODEV) return this.finish(null);
     this.options.onBug?.(`reply to ${unique}`, new Error(`writing /dev/fuse: errno ${-n}`));
+  }
+
+  invalInode(node: number, offset = -1, length = 0): number {
+    if (this.ended || this.connection === null) return E.ENOTCONN;
+    const n = Size.OUT_HEADER + writeNotifyInvalInodeOut(this.notifyBuf, Size.OUT_HEADER, node, offset, length);
+    // A notification is unique 0, its code where a reply's error goes.
+    writeOutHeader(this.notifyBuf, n, Notify.INVAL_INODE, 0);
+    const written = writeRaw(this.fd, this.notifyBuf, n);
+    this.options.log?.(`notify inval_inode ${this.options.nodeName?.(node) ?? `#${node}`} -> ${written >= 0 ? 'ok' : errnoName(-written)}`);
+    if (written >= 0) return 0;
+    if (written === -E.ENODEV) this.finish(null);
+    return -written;
   }
 
   private sendError(req: Request, errno: number): void {
@@ -617,7 +631,7 @@ export class Session {
     });
     const connection = { major: KERNEL_VERSION, minor, offered: k.flags, flags, maxWrite: this.maxWrite, maxReadahead: k.maxReadahead, maxPages };
     try {
-      this.fs.init?.(connection);
+      this.fs.init?.(connection, this);
     } catch (err) {
       // A file system that cannot start refuses the mount: the kernel fails every access.
       this.sendError(req, E.EIO);

@@ -127,9 +127,21 @@ export interface Connection {
   readonly maxPages: number;
 }
 
+/**
+ * What the server tells the kernel unasked, once INIT is answered. Each returns 0, or the
+ * errno the kernel answered (ENOENT: it holds nothing of that node, so nothing was stale).
+ */
+export interface Notifier {
+  /**
+   * The kernel drops the attributes it keeps of `node`, and its cached data from `offset`
+   * for `length` bytes (0: to the end); a negative offset (the default) keeps the data.
+   */
+  invalInode(node: number, offset?: number, length?: number): number;
+}
+
 export interface FileSystem {
-  /** Called once INIT is settled, before any other request. */
-  init?(connection: Connection): void;
+  /** Called once INIT is settled, before any other request; `notify` works once INIT is answered. */
+  init?(connection: Connection, notify: Notifier): void;
   /**
    * The kernel ends the session (umount of a fuseblk mount); also called when the device
    * closes. Called once, and only after init.

@@ -143,6 +143,14 @@ export function writeLseekOut(buf: Buffer, off: number, offset: number): number 
   return Size.LSEEK_OUT;
 }
 
+/** fuse_notify_inval_inode_out: the node, and the byte range of its cached data to drop (offset < 0: none). */
+export function writeNotifyInvalInodeOut(buf: Buffer, off: number, node: number, offset: number, length: number): number {
+  writeU64(buf, off, node);
+  buf.writeBigInt64LE(BigInt(offset), off + 8);
+  buf.writeBigInt64LE(BigInt(length), off + 16);
+  return Size.NOTIFY_INVAL_INODE_OUT;
+}
+
 /** fuse_statfs_out = fuse_kstatfs (80 bytes). */
 export function writeStatfsOut(buf: Buffer, off: number, s: StatFs): number {
   writeU64(buf, off, s.blocks);

@@ -261,6 +261,9 @@ function moveIntoUpper(ctx: UpperContext, node: OvlNode, tmp: string, lower: Sta
   ctx.tree.upperIs(node, st);
   parent.upperListing()?.entries.set(node.name, node.isDir ? 'dir' : 'other');
   followCopyUp(node, target);
+  // Its ctime, and maybe its number and link count, are the copy's now; the parent's ctime moved.
+  ctx.tree.attributesChanged(node);
+  ctx.tree.attributesChanged(parent);
 }
 
 /** Records the number a copy keeps, for later mounts; where the entry cannot hold it (a symlink refusing user.*), it is lost there. */

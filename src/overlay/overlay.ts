@@ -157,6 +157,11 @@ export class Overlay {
     return this.tree.root;
   }
 
+  /** `watcher` hears of each node whose attributes change other than by an operation on it (a copy-up). */
+  watch(watcher: (node: OvlNode) => void): void {
+    this.tree.watch(watcher);
+  }
+
   get readOnly(): boolean {
     return this.writeContext === null;
   }

@@ -37,6 +37,7 @@ export class OverlayTree {
   readonly root: OvlNode;
   /** Upper non-directories by identity, so that every name of one upper file is one node. */
   private readonly uppers = new Map<string, OvlNode>();
+  private watcher: ((node: OvlNode) => void) | null = null;
 
   constructor(readonly layers: readonly Layer[], private readonly namespace: 'trusted' | 'user' = 'trusted') {
     this.inodes = new InodeNumbers(layers.map((l) => l.dev));
@@ -83,6 +84,19 @@ export class OverlayTree {
     if (node.isDir) return;
     node.identity = identityOf(st);
     this.uppers.set(node.identity, node);
+  }
+
+  /**
+   * `watcher` hears of every node whose attributes change other than by an operation on the
+   * node itself (a copy-up: its own, or a child's in it), for whoever keeps those attributes.
+   */
+  watch(watcher: (node: OvlNode) => void): void {
+    this.watcher = watcher;
+  }
+
+  /** See watch(). */
+  attributesChanged(node: OvlNode): void {
+    this.watcher?.(node);
   }
 
   /** The upper file of a node is gone: its inode number may be a new file's soon. */

@@ -1,16 +1,15 @@
 /**
  * How long the kernel may keep what the server answered.
  *
- * Nothing changes the layers behind the mount's back (the kernel's rule too), and names
- * change only through the mount, so names and negative lookups may be kept as long as the
- * kernel likes. A read-only mount never changes: attributes and file data are kept too. A
- * writable mount has the kernel ask for attributes each time and drop a file's cached data
- * at each open, since the overlay changes some of them behind the kernel's back (a copy-up
- * gives a lower hard link a number and link count of its own). `timeout=N` sets the names'
- * and the attributes' timeout.
+ * Nothing changes the layers behind the mount's back (the kernel's rule too), and one node
+ * id stands for one overlay inode, so what the kernel is told stays true but where the
+ * overlay itself changes it: a copy-up (a new ctime, and for a lower hard link a number and
+ * link count of its own), which the server tells the kernel of (FUSE_NOTIFY_INVAL_INODE).
+ * Names, negative lookups and attributes are therefore kept as long as the kernel likes,
+ * and a file's cached data across opens, since all of a file's writes pass through the
+ * kernel. `timeout=N` sets the names' and the attributes' timeout.
  */
 const FOREVER = 1e9;
-const WRITABLE_ATTR_SECONDS = 0;
 
 export interface CachePolicy {
   /** Seconds the kernel may keep a name, a name's absence, and attributes. */
@@ -21,12 +20,7 @@ export interface CachePolicy {
   readonly keepCache: boolean;
 }
 
-export function cachePolicy(writable: boolean, timeout?: number, keepCache = false): CachePolicy {
-  const names = timeout ?? FOREVER;
-  return {
-    entry: names,
-    negative: names,
-    attr: timeout ?? (writable ? WRITABLE_ATTR_SECONDS : FOREVER),
-    keepCache: keepCache || !writable,
-  };
+export function cachePolicy(timeout?: number): CachePolicy {
+  const seconds = timeout ?? FOREVER;
+  return { entry: seconds, negative: seconds, attr: seconds, keepCache: true };
 }

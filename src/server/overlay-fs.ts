@@ -10,10 +10,13 @@
  * own the entries it creates.
  */
 import { constants } from 'node:os';
-import type { Attr, AttrReply, Awaitable, Created, DirectorySink, Entry, FileSystem, Opened, Request, SetAttr, StatFs } from '../fuse/types';
+import type {
+  Attr, AttrReply, Awaitable, Connection, Created, DirectorySink, Entry, FileSystem, Notifier, Opened, Request, SetAttr, StatFs,
+} from '../fuse/types';
 import { Fattr, Fopen } from '../fuse/protocol';
 import { NO_ATTR } from '../fuse/wire';
 import { errorFor } from '../errors';
+import { log } from '../log';
 import type { AttrChanges, OvlDirEntry, OvlStat, Overlay, TimeChange } from '../overlay/overlay';
 import type { OvlNode } from '../overlay/node';
 import { copyFileRange } from '../sys/libc';
@@ -26,6 +29,7 @@ import { NodeTable } from './node-table';
  * sequential read took 2.2x as long with them in the pool, every one a pool round trip).
  */
 const ASYNC_READ_BYTES = 128 * 1024;
+const ACCESS_ACL = 'system.posix_acl_access';
 /** Most a copy_file_range request copies in one call (the caller asks again for the rest). */
 const COPY_RANGE_CHUNK = 16 << 20;
 
@@ -62,9 +66,22 @@ export class OverlayFs implements FileSystem {
   readonly nodes: NodeTable;
   private readonly dirs = new Map<number, DirHandle>();
   private nextDirHandle = 1;
+  private notify: Notifier | null = null;
 
   constructor(private readonly overlay: Overlay, private readonly options: OverlayFsOptions) {
     this.nodes = new NodeTable(overlay.root);
+    overlay.watch((node) => this.attributesChanged(node));
+  }
+
+  /**
+   * The overlay changed a node's attributes behind the kernel's back: what the kernel keeps
+   * of them is dropped (it keeps nothing of a node it does not hold, or with timeout=0).
+   */
+  private attributesChanged(node: OvlNode): void {
+    if (node.nodeId === 0 || this.notify === null || this.options.cache.attr === 0) return;
+    const errno = this.notify.invalInode(node.nodeId);
+    // ENOENT: the kernel had already let the node go, so it kept nothing stale.
+    if (errno !== 0 && errno !== constants.errno.ENOENT) log.error('cannot invalidate the attributes of %s: errno %d', node.path, errno);
   }
 
   /** A node as the log shows it: its path in the merged tree. */
@@ -74,7 +91,8 @@ export class OverlayFs implements FileSystem {
     return `/${node.path.replace(/[^\x20-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)}${node.removed ? ' (removed)' : ''}`;
   }
 
-  init(): void {
+  init(_connection: Connection, notify: Notifier): void {
+    this.notify = notify;
     this.options.onInit?.();
   }
 
@@ -191,7 +209,9 @@ export class OverlayFs implements FileSystem {
   }
 
   setxattr(_req: Request, id: number, name: Buffer, value: Buffer, flags: number): Awaitable<void> {
-    return this.overlay.setxattr(this.nodes.get(id), name.toString(), value, flags);
+    const node = this.nodes.get(id);
+    const xattr = name.toString();
+    return after(this.overlay.setxattr(node, xattr, value, flags), () => this.aclSet(node, xattr));
   }
 
   getxattr(_req: Request, id: number, name: Buffer): Buffer {
@@ -203,7 +223,14 @@ export class OverlayFs implements FileSystem {
   }
 
   removexattr(_req: Request, id: number, name: Buffer): Awaitable<void> {
-    return this.overlay.removexattr(this.nodes.get(id), name.toString());
+    const node = this.nodes.get(id);
+    const xattr = name.toString();
+    return after(this.overlay.removexattr(node, xattr), () => this.aclSet(node, xattr));
+  }
+
+  /** An access ACL carries the mode's group bits: the kernel's copy of the mode is one to drop, not just its ctime. */
+  private aclSet(node: OvlNode, xattr: string): void {
+    if (xattr === ACCESS_ACL) this.attributesChanged(node);
   }
 
   opendir(_req: Request, id: number): Opened {
@@ -214,12 +241,16 @@ export class OverlayFs implements FileSystem {
     return { fh, flags: 0 };
   }
 
-  readdir(_req: Request, _id: number, fh: number, offset: number, out: DirectorySink): void {
+  /** A directory handle's entries; a read from the start (the first, or after rewinddir) sees the directory as it is now. */
+  private listing(fh: number, offset: number): OvlDirEntry[] {
     const handle = this.dirs.get(fh);
     if (!handle) throw errorFor('EBADF', `directory handle ${fh}`);
-    // A read from the start (the first, or after rewinddir) sees the directory as it is now.
     if (offset === 0 || handle.entries === null) handle.entries = this.overlay.listDir(handle.node);
-    const entries = handle.entries;
+    return handle.entries;
+  }
+
+  readdir(_req: Request, _id: number, fh: number, offset: number, out: DirectorySink): void {
+    const entries = this.listing(fh, offset);
     for (let i = offset; i < entries.length; i++) {
       const e = entries[i];
       if (!out.add(Buffer.from(e.name, 'latin1'), e.ino, e.type >>> 12, i + 1)) break;

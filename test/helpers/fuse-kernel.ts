@@ -100,6 +100,8 @@ export class FakeKernel {
   private readonly due = new Set<number>();
   private readonly silent = new Set<number>();
   private readonly arrived = new Map<number, Reply>();
+  /** Notifications the session sent, in order (read along with the answers). */
+  readonly notifications: { code: number; body: Buffer }[] = [];
   private readonly readBuf = Buffer.alloc(1 << 20);
   private fdOpen = true;
   private releaseHold: (() => void) | null = null;
@@ -267,6 +269,12 @@ export class FakeKernel {
     const error = this.readBuf.readInt32LE(4);
     const unique = Number(this.readBuf.readBigUInt64LE(8));
     if (len !== n) this.faults.push(`answer to ${unique}: header says ${len} bytes, ${n} came`);
+    if (unique === 0) {
+      // A notification: its code travels in the error field.
+      if (error <= 0) this.faults.push(`a notification with code ${error}`);
+      this.notifications.push({ code: error, body: Buffer.from(this.readBuf.subarray(Size.OUT_HEADER, n)) });
+      return true;
+    }
     if (error > 0 || error <= -512) this.faults.push(`answer to ${unique}: error ${error} is no negative errno`);
     if (error !== 0 && n !== Size.OUT_HEADER) this.faults.push(`answer to ${unique}: error ${error} with ${n - Size.OUT_HEADER} bytes of data`);
     if (this.silent.has(unique)) this.faults.push(`answer to ${unique}, which wants none`);

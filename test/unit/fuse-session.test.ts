@@ -12,9 +12,9 @@ import { constants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
 import { OvlError } from '../../src/errors';
-import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, Init, Op, Size } from '../../src/fuse/protocol';
+import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, Init, Notify, Op, Size } from '../../src/fuse/protocol';
 import type { SessionOptions } from '../../src/fuse/session';
-import type { Attr, Connection, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Request, SetAttr } from '../../src/fuse/types';
+import type { Attr, Connection, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Notifier, Request, SetAttr } from '../../src/fuse/types';
 import { direntPlusSize, direntSize } from '../../src/fuse/wire';
 import { readRaw } from '../../src/sys/device';
 import {
@@ -326,6 +326,25 @@ describe('each request reaches its method with its arguments', () => {
       assert.deepEqual(attrReply(await k.call(Op.GETATTR, Body.getattr(GETATTR_FH, 77), { nodeId: 5 })), { valid: 0, validNsec: 250_000_000, ino: 5 });
       attrReply(await k.call(Op.GETATTR, Body.getattr(0, 77), { nodeId: 6 }));
       assert.deepEqual(calls, [['getattr', 5, 77], ['getattr', 6, null]]);
+    });
+  });
+
+  test('invalInode: a notification (unique 0, code FUSE_NOTIFY_INVAL_INODE) sent while a request is served, before its answer', async () => {
+    let notify: Notifier | null = null;
+    const sent: number[] = [];
+    const fs: FileSystem = {
+      init: (_c, n) => { notify = n; },
+      getattr: (_r, node) => {
+        sent.push(notify!.invalInode(node), notify!.invalInode(node + 1, 4096, 8192));
+        return { attr: attrOf(node), timeout: 1 };
+      },
+    };
+    await withSession(fs, async (k) => {
+      attrReply(await k.call(Op.GETATTR, Body.getattr(0, 0), { nodeId: 9 }));
+      assert.deepEqual(sent, [0, 0]);
+      const fields = (b: Buffer) => [Number(b.readBigUInt64LE(0)), Number(b.readBigInt64LE(8)), Number(b.readBigInt64LE(16))];
+      assert.deepEqual(k.notifications.map((n) => [n.code, ...fields(n.body)]), [[Notify.INVAL_INODE, 9, -1, 0], [Notify.INVAL_INODE, 10, 4096, 8192]]);
+      assert.ok(k.notifications.every((n) => n.body.length === Size.NOTIFY_INVAL_INODE_OUT));
     });
   });
 

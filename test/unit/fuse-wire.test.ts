@@ -207,6 +207,14 @@ describe('writers', needsHeader, () => {
     expectLayout(s, buf, base, { offset: u64v(43) });
   });
 
+  test('fuse_notify_inval_inode_out: a negative offset (attributes only) and a range', () => {
+    const s = S('fuse_notify_inval_inode_out');
+    for (const [offset, length] of [[-1, 0], [u64v(45), u64v(46)]]) {
+      const { buf, base } = encode(s, (b, off) => wire.writeNotifyInvalInodeOut(b, off, u64v(44), offset, length), P.Size.NOTIFY_INVAL_INODE_OUT);
+      expectLayout(s, buf, base, { ino: u64v(44), off: offset, len: length });
+    }
+  });
+
   test('fuse_statfs_out (a fuse_kstatfs)', () => {
     const s = S('fuse_statfs_out');
     const st: StatFs = { blocks: u64v(50), bfree: u64v(51), bavail: u64v(52), files: u64v(53), ffree: u64v(54), bsize: u32v(55), namelen: u32v(56), frsize: u32v(57) };

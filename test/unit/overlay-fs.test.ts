@@ -1,0 +1,82 @@
+/**
+ * src/server/overlay-fs.ts on plain directories, called as the session would call it: which
+ * nodes the kernel is told to drop after a copy-up.
+ */
+import assert from 'node:assert/strict';
+import { constants as fsc } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import type { Connection, Notifier, Request } from '../../src/fuse/types';
+import { Overlay } from '../../src/overlay/overlay';
+import { cachePolicy } from '../../src/server/cache-policy';
+import { OverlayFs } from '../../src/server/overlay-fs';
+import { buildLayer, removeDir, tempDir, type Tree } from '../helpers/layers';
+
+const dirs: string[] = [];
+after(() => dirs.forEach(removeDir));
+
+const REQ: Request = { opcode: 0, unique: 2, nodeId: 1, uid: 0, gid: 0, pid: 1, interrupted: false };
+const CONNECTION: Connection = { major: 7, minor: 38, offered: 0n, flags: 0n, maxWrite: 1 << 20, maxReadahead: 1 << 17, maxPages: 256 };
+
+/** An OverlayFs over one lower built from `tree`, with an upper, that records the notifications it sends. */
+async function served(tree: Tree, timeout?: number): Promise<{ fs: OverlayFs; overlay: Overlay; told: number[] }> {
+  const dir = tempDir('ofs');
+  dirs.push(dir);
+  buildLayer(join(dir, 'lower'), tree);
+  buildLayer(join(dir, 'upper'), {});
+  buildLayer(join(dir, 'work'), {});
+  const overlay = await Overlay.open({ lowers: [join(dir, 'lower')], upper: join(dir, 'upper'), work: join(dir, 'work') });
+  const told: number[] = [];
+  const notifier: Notifier = { invalInode: (node) => (told.push(node), 0) };
+  const fs = new OverlayFs(overlay, { cache: cachePolicy(timeout) });
+  fs.init(CONNECTION, notifier);
+  return { fs, overlay, told };
+}
+
+describe('after a copy-up the kernel drops what it keeps', () => {
+  const tree: Tree = { 'd/e/f': { kind: 'file', data: 'x' }, 'd/g': { kind: 'file', data: 'y' } };
+
+  test('of the copied nodes and their parents that it holds, and only those', async () => {
+    const { fs, overlay, told } = await served(tree);
+    try {
+      const d = fs.lookup(REQ, 1, Buffer.from('d')).nodeId;
+      const e = fs.lookup(REQ, d, Buffer.from('e')).nodeId;
+      const f = fs.lookup(REQ, e, Buffer.from('f')).nodeId;
+      const g = fs.lookup(REQ, d, Buffer.from('g')).nodeId;
+      const opened = await fs.open(REQ, f, fsc.O_WRONLY);
+      fs.release(REQ, f, opened.fh);
+      // d (and the root, its parent), e (and d), f (and e); never g, which stays below.
+      assert.deepEqual([...new Set(told)].sort(), [1, d, e, f].sort());
+      assert.ok(!told.includes(g));
+    } finally {
+      overlay.close();
+    }
+  });
+
+  test('a node the kernel let go is not named', async () => {
+    const { fs, overlay, told } = await served(tree);
+    try {
+      const d = fs.lookup(REQ, 1, Buffer.from('d')).nodeId;
+      const g = fs.lookup(REQ, d, Buffer.from('g')).nodeId;
+      fs.forget(d, 1);
+      const opened = await fs.open(REQ, g, fsc.O_RDWR);
+      fs.release(REQ, g, opened.fh);
+      assert.deepEqual([...new Set(told)].sort(), [1, g].sort());
+    } finally {
+      overlay.close();
+    }
+  });
+
+  test('nothing is sent with timeout=0: the kernel keeps nothing', async () => {
+    const { fs, overlay, told } = await served(tree, 0);
+    try {
+      const d = fs.lookup(REQ, 1, Buffer.from('d')).nodeId;
+      const g = fs.lookup(REQ, d, Buffer.from('g')).nodeId;
+      const opened = await fs.open(REQ, g, fsc.O_WRONLY);
+      fs.release(REQ, g, opened.fh);
+      assert.deepEqual(told, []);
+    } finally {
+      overlay.close();
+    }
+  });
+});
