@@ -20,8 +20,16 @@ const MAX_WRITE = 1 << 20;
  * mounted). That copy would keep us waiting forever: after this long the connection is cut.
  */
 const UNMOUNT_WAIT_MS = 1000;
-/** What the server asks of the kernel; those it offers are used. */
-const WANTED = BigInt(Init.ASYNC_READ | Init.ATOMIC_O_TRUNC | Init.BIG_WRITES | Init.MAX_PAGES);
+/**
+ * What the server asks of the kernel; those it offers are used. Directory listings carry
+ * each entry's answer (READDIRPLUS, for the first part of a listing and where the kernel saw
+ * its entries looked up), sparing a lookup per entry; symlink targets, which never change
+ * for a node, stay in the kernel's cache; lookups in one directory need not wait for each other.
+ */
+const WANTED = BigInt(
+  Init.ASYNC_READ | Init.ATOMIC_O_TRUNC | Init.BIG_WRITES | Init.MAX_PAGES | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO
+  | Init.CACHE_SYMLINKS | Init.PARALLEL_DIROPS,
+);
 
 export interface Served {
   /** Unmounts (lazily if busy) and resolves once the session is over. */

@@ -11,11 +11,11 @@
  */
 import { constants } from 'node:os';
 import type {
-  Attr, AttrReply, Awaitable, Connection, Created, DirectorySink, Entry, FileSystem, Notifier, Opened, Request, SetAttr, StatFs,
+  Attr, AttrReply, Awaitable, Connection, Created, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Notifier, Opened, Request, SetAttr, StatFs,
 } from '../fuse/types';
 import { Fattr, Fopen } from '../fuse/protocol';
 import { NO_ATTR } from '../fuse/wire';
-import { errorFor } from '../errors';
+import { errorFor, isKnownErrno } from '../errors';
 import { log } from '../log';
 import type { AttrChanges, OvlDirEntry, OvlStat, Overlay, TimeChange } from '../overlay/overlay';
 import type { OvlNode } from '../overlay/node';
@@ -254,6 +254,33 @@ export class OverlayFs implements FileSystem {
     for (let i = offset; i < entries.length; i++) {
       const e = entries[i];
       if (!out.add(Buffer.from(e.name, 'latin1'), e.ino, e.type >>> 12, i + 1)) break;
+    }
+  }
+
+  readdirplus(_req: Request, _id: number, fh: number, offset: number, out: DirectoryPlusSink): void {
+    const entries = this.listing(fh, offset);
+    for (let i = offset; i < entries.length; i++) {
+      const e = entries[i];
+      // An entry the kernel holds (`.` and `..` too) goes without an answer: it knows all of
+      // it already, and a stat per entry would make a walk of a cached tree cost a cold one.
+      const entry = e.node === null || e.node.lookups > 0 ? null : this.listedEntry(e.node);
+      if (out.add(Buffer.from(e.name, 'latin1'), entry, e.ino, e.type >>> 12, i + 1)) continue;
+      // Not taken: the lookup it counted is given back.
+      if (entry !== null) this.forget(entry.nodeId, 1);
+      break;
+    }
+  }
+
+  /**
+   * A listed entry's answer, or null where its attributes cannot be had now: the name goes
+   * alone, and the kernel's lookup of it gets the error.
+   */
+  private listedEntry(node: OvlNode): Entry | null {
+    try {
+      return this.entry(node);
+    } catch (err) {
+      if (!isKnownErrno(err)) throw err;
+      return null;
     }
   }
 

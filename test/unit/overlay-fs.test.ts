@@ -1,12 +1,12 @@
 /**
  * src/server/overlay-fs.ts on plain directories, called as the session would call it: which
- * nodes the kernel is told to drop after a copy-up.
+ * lookups readdirplus counts, and which nodes the kernel is told to drop after a copy-up.
  */
 import assert from 'node:assert/strict';
 import { constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import type { Connection, Notifier, Request } from '../../src/fuse/types';
+import type { Connection, DirectoryPlusSink, Entry, Notifier, Request } from '../../src/fuse/types';
 import { Overlay } from '../../src/overlay/overlay';
 import { cachePolicy } from '../../src/server/cache-policy';
 import { OverlayFs } from '../../src/server/overlay-fs';
@@ -32,6 +32,58 @@ async function served(tree: Tree, timeout?: number): Promise<{ fs: OverlayFs; ov
   fs.init(CONNECTION, notifier);
   return { fs, overlay, told };
 }
+
+/** A sink that takes `room` entries, then refuses. */
+function sink(room: number): DirectoryPlusSink & { taken: { name: string; entry: Entry | null }[] } {
+  const taken: { name: string; entry: Entry | null }[] = [];
+  return {
+    taken,
+    add(name, entry) {
+      if (taken.length === room) return false;
+      taken.push({ name: name.toString(), entry });
+      return true;
+    },
+  };
+}
+
+describe('readdirplus', () => {
+  test('an entry taken counts one lookup of its node; one the sink refused counts none', async () => {
+    const { fs, overlay } = await served({ a: { kind: 'file' }, b: { kind: 'file' }, c: { kind: 'file' } });
+    try {
+      const fh = fs.opendir(REQ, 1).fh;
+      const first = sink(3);
+      fs.readdirplus(REQ, 1, fh, 0, first);
+      assert.deepEqual(first.taken.map((t) => [t.name, t.entry === null]), [['.', true], ['..', true], ['a', false]]);
+      const a = first.taken[2].entry!;
+      assert.equal(fs.nodes.get(a.nodeId).lookups, 1);
+      // b was answered, refused, and given back: the kernel holds the root and a only.
+      assert.equal(fs.nodes.size, 2);
+      const rest = sink(10);
+      fs.readdirplus(REQ, 1, fh, 3, rest);
+      assert.deepEqual(rest.taken.map((t) => t.name), ['b', 'c']);
+      assert.equal(fs.nodes.size, 4);
+      fs.releasedir(REQ, 1, fh);
+    } finally {
+      overlay.close();
+    }
+  });
+
+  test('an entry the kernel holds goes as a name alone, its lookups unchanged', async () => {
+    const { fs, overlay } = await served({ a: { kind: 'file' }, b: { kind: 'file' } });
+    try {
+      const a = fs.lookup(REQ, 1, Buffer.from('a')).nodeId;
+      const fh = fs.opendir(REQ, 1).fh;
+      const all = sink(10);
+      fs.readdirplus(REQ, 1, fh, 0, all);
+      assert.deepEqual(all.taken.map((t) => [t.name, t.entry?.nodeId ?? null]), [['.', null], ['..', null], ['a', null], ['b', all.taken[3].entry!.nodeId]]);
+      assert.notEqual(all.taken[3].entry!.nodeId, a);
+      assert.equal(fs.nodes.get(a).lookups, 1);
+      fs.releasedir(REQ, 1, fh);
+    } finally {
+      overlay.close();
+    }
+  });
+});
 
 describe('after a copy-up the kernel drops what it keeps', () => {
   const tree: Tree = { 'd/e/f': { kind: 'file', data: 'x' }, 'd/g': { kind: 'file', data: 'y' } };
