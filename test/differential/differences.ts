@@ -70,6 +70,12 @@ export const DIFFERENCES: readonly Difference[] = [
     handling: 'sparse lower files have only layouts that both copies keep: a hole, then data to the end, or a whole 1 MiB chunk of data at a block boundary, then a hole to the end',
   },
   {
+    name: 'unwritten-space',
+    kind: 'inherent',
+    why: 'space fallocate gave a file without writing it (ext4\'s unwritten extents) is a hole to SEEK_DATA/SEEK_HOLE, but data where the layer file\'s pages are in the page cache: kernel overlayfs reads the layer file for every read through it, ts-overlayfs\'s reads may be answered by the kernel\'s cache of the mount\'s own file and never reach the layer file, so where the answer lands depends on what was read before (and on memory pressure, on either)',
+    handling: 'lseek with SEEK_DATA/SEEK_HOLE in a file that fallocate (not punching a hole) gave space is compared by outcome (ok or the errno), not by the offset found',
+  },
+  {
     name: 'dir-seek',
     kind: 'inherent',
     why: 'lseek(SEEK_DATA/SEEK_HOLE) on a directory: the kernel\'s FUSE client answers it itself (generic_file_llseek against the directory\'s st_size: ENXIO past it), never asking ts-overlayfs; kernel overlayfs passes it to the real directory of an unmerged one (ext4: any offset is data) and answers EINVAL for a merged one',

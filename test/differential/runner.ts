@@ -95,12 +95,14 @@ interface Side {
   mounted: Mounted | null;
   pid: number;
   fds: (number | null)[];
+  /** Files fallocate gave space without data, as st_dev:st_ino (differences.ts: unwritten-space). */
+  unwritten: Set<string>;
 }
 
 function makeSide(base: string, name: SideName): Side {
   const root = join(base, name);
   const mnt = join(root, 'p', 'p', 'p', 'mnt');
-  const side: Side = { name, mnt, upper: join(root, 'upper'), work: join(root, 'work'), mounted: null, pid: 0, fds: new Array(SLOTS).fill(null) };
+  const side: Side = { name, mnt, upper: join(root, 'upper'), work: join(root, 'work'), mounted: null, pid: 0, fds: new Array(SLOTS).fill(null), unwritten: new Set() };
   for (const d of [mnt, side.upper, side.work]) mkdirSync(d, { recursive: true });
   return side;
 }
@@ -196,6 +198,11 @@ function readdirRule(before: string[], after: string[], seen: string[]): string 
   return problems.length === 0 ? 'listing-ok' : problems.join(', ');
 }
 
+function fileIdentity(fd: number): string {
+  const st = fstatSync(fd);
+  return `${st.dev}:${st.ino}`;
+}
+
 function execOp(side: Side, op: Op): string {
   const at = (p: string) => under(side.mnt, p);
   const fdOf = (slot: number): number => {
@@ -238,9 +245,17 @@ function execOp(side: Side, op: Op): string {
     case 'fstat':
       return attempt(() => fstatSummary(fdOf(op.slot)));
     case 'fallocate':
-      return attempt(() => fallocate(fdOf(op.slot), FALLOCATE_MODES[op.mode], op.offset, op.len));
+      return attempt(() => {
+        const fd = fdOf(op.slot);
+        fallocate(fd, FALLOCATE_MODES[op.mode], op.offset, op.len);
+        if (op.mode !== 'PUNCH_HOLE') side.unwritten.add(fileIdentity(fd));
+      });
     case 'seek':
-      return attempt(() => String(lseek(fdOf(op.slot), op.offset, op.whence === 'DATA' ? SEEK_DATA : SEEK_HOLE)));
+      return attempt(() => {
+        const fd = fdOf(op.slot);
+        const found = lseek(fd, op.offset, op.whence === 'DATA' ? SEEK_DATA : SEEK_HOLE);
+        return side.unwritten.has(fileIdentity(fd)) ? 'somewhere (the file has unwritten space)' : String(found);
+      });
     case 'readFile':
       return attempt(() => readAll(at(op.path)).join(' '));
     case 'writeFile':
