@@ -75,11 +75,12 @@ export class OverlayFs implements FileSystem {
 
   /**
    * The overlay changed a node's attributes behind the kernel's back: what the kernel keeps
-   * of them is dropped (it keeps nothing of a node it does not hold, or with timeout=0).
+   * of them is dropped (it keeps nothing of a node it does not hold). A directory's cached
+   * listing goes too: a copy-up in it may have given an entry a number of its own.
    */
   private attributesChanged(node: OvlNode): void {
-    if (node.nodeId === 0 || this.notify === null || this.options.cache.attr === 0) return;
-    const errno = this.notify.invalInode(node.nodeId);
+    if (node.nodeId === 0 || this.notify === null) return;
+    const errno = this.notify.invalInode(node.nodeId, node.isDir ? 0 : -1);
     // ENOENT: the kernel had already let the node go, so it kept nothing stale.
     if (errno !== 0 && errno !== constants.errno.ENOENT) log.error('cannot invalidate the attributes of %s: errno %d', node.path, errno);
   }
@@ -238,7 +239,8 @@ export class OverlayFs implements FileSystem {
     if (!node.isDir) throw errorFor('ENOTDIR', node.path);
     const fh = this.nextDirHandle++;
     this.dirs.set(fh, { node, entries: null });
-    return { fh, flags: 0 };
+    // The kernel may answer later listings from its cache: every change of names passes through it.
+    return { fh, flags: this.options.cache.keepCache ? Fopen.KEEP_CACHE | Fopen.CACHE_DIR : 0 };
   }
 
   /** A directory handle's entries; a read from the start (the first, or after rewinddir) sees the directory as it is now. */
