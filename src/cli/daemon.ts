@@ -6,7 +6,6 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { dup2 } from '../sys/libc';
 import type { MountConfig } from './config';
 
 const CONFIG_ENV = 'TS_OVERLAYFS_DAEMON_CONFIG';
@@ -67,6 +66,8 @@ export function launchDaemon(config: MountConfig, entry: string, argv: readonly 
 
 /** Daemon side: the mount is up; let go of the launcher's stdio and tell it. */
 export function reportReady(): void {
+  // Here, not at the top: the launcher, which loads this module too, has no use for libc.
+  const { dup2 } = require('../sys/libc') as typeof import('../sys/libc');
   const devNull = openSync('/dev/null', 'r+');
   dup2(devNull, 1);
   dup2(devNull, 2);

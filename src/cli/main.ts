@@ -2,10 +2,17 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { enableDebug, log } from '../log';
-import { parseArgs } from './args';
-import { buildConfig, CliError, type MountConfig } from './config';
+import type { MountConfig } from './config';
 import { daemonConfig, launchDaemon, reportFailure, reportReady } from './daemon';
-import { serve, type Served } from './serve';
+import type { Served } from './serve';
+
+// A mount starts two processes, the launcher and the daemon, each loading only what it runs
+// (the command line's parser, or the server): module loading is much of a mount's time.
+const loadServer = (): typeof import('./serve') => require('./serve') as typeof import('./serve');
+const loadCommandLine = (): typeof import('./args') & typeof import('./config') => ({
+  ...(require('./args') as typeof import('./args')),
+  ...(require('./config') as typeof import('./config')),
+});
 
 const PACKAGE_ROOT = join(__dirname, '..', '..', '..');
 
@@ -41,7 +48,7 @@ async function runServer(config: MountConfig, onReady: () => void): Promise<numb
   };
   const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
   for (const signal of signals) process.on(signal, () => stop(signal));
-  served = await serve(config);
+  served = await loadServer().serve(config);
   onReady();
   if (pending) stop(pending);
   await served.gone;
@@ -59,6 +66,7 @@ async function main(argv: string[]): Promise<number> {
       return 1;
     }
   }
+  const { parseArgs, buildConfig, CliError } = loadCommandLine();
   try {
     const parsed = parseArgs(argv, version());
     if (parsed.kind === 'exit') {
