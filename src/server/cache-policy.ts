@@ -5,9 +5,9 @@
  * id stands for one overlay inode, so what the kernel is told stays true but where the
  * overlay itself changes it: a copy-up (a new ctime, and for a lower hard link a number and
  * link count of its own), which the server tells the kernel of (FUSE_NOTIFY_INVAL_INODE).
- * Names, negative lookups and attributes are therefore kept as long as the kernel likes,
- * and a file's cached data across opens, since all of a file's writes pass through the
- * kernel. `timeout=N` sets the names' and the attributes' timeout.
+ * Names, negative lookups and attributes are therefore kept as long as the kernel likes
+ * (file data and listings too: see src/server/overlay-fs.ts). `timeout=N` sets the names'
+ * and the attributes' timeout.
  */
 const FOREVER = 1e9;
 
@@ -16,11 +16,9 @@ export interface CachePolicy {
   readonly entry: number;
   readonly negative: number;
   readonly attr: number;
-  /** Keep a file's cached data across opens (FOPEN_KEEP_CACHE). */
-  readonly keepCache: boolean;
 }
 
 export function cachePolicy(timeout?: number): CachePolicy {
   const seconds = timeout ?? FOREVER;
-  return { entry: seconds, negative: seconds, attr: seconds, keepCache: true };
+  return { entry: seconds, negative: seconds, attr: seconds };
 }

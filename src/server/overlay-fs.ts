@@ -30,6 +30,13 @@ import { NodeTable } from './node-table';
  */
 const ASYNC_READ_BYTES = 128 * 1024;
 const ACCESS_ACL = 'system.posix_acl_access';
+/**
+ * The kernel keeps a file's data and a directory's listing across opens: every write and
+ * every change of names passes through it, and a copy-up keeps the data (what it changes,
+ * the kernel is told of: see attributesChanged).
+ */
+const FILE_OPEN_FLAGS = Fopen.KEEP_CACHE;
+const DIR_OPEN_FLAGS = Fopen.KEEP_CACHE | Fopen.CACHE_DIR;
 /** Most a copy_file_range request copies in one call (the caller asks again for the rest). */
 const COPY_RANGE_CHUNK = 16 << 20;
 
@@ -184,7 +191,7 @@ export class OverlayFs implements FileSystem {
   }
 
   open(_req: Request, id: number, flags: number): Awaitable<Opened> {
-    return after(this.overlay.open(this.nodes.get(id), flags), (fd) => ({ fh: fd, flags: this.options.cache.keepCache ? Fopen.KEEP_CACHE : 0 }));
+    return after(this.overlay.open(this.nodes.get(id), flags), (fd) => ({ fh: fd, flags: FILE_OPEN_FLAGS }));
   }
 
   read(_req: Request, _id: number, fh: number, offset: number, size: number, into: Buffer): Awaitable<number> {
@@ -239,8 +246,7 @@ export class OverlayFs implements FileSystem {
     if (!node.isDir) throw errorFor('ENOTDIR', node.path);
     const fh = this.nextDirHandle++;
     this.dirs.set(fh, { node, entries: null });
-    // The kernel may answer later listings from its cache: every change of names passes through it.
-    return { fh, flags: this.options.cache.keepCache ? Fopen.KEEP_CACHE | Fopen.CACHE_DIR : 0 };
+    return { fh, flags: DIR_OPEN_FLAGS };
   }
 
   /** A directory handle's entries; a read from the start (the first, or after rewinddir) sees the directory as it is now. */
@@ -301,7 +307,7 @@ export class OverlayFs implements FileSystem {
   create(req: Request, parent: number, name: Buffer, mode: number, _umask: number, flags: number): Created {
     const { node, fd } = this.overlay.create(this.nodes.get(parent), byteString(name), mode, flags, this.owner(req));
     try {
-      return { ...this.entry(node), open: { fh: fd, flags: this.options.cache.keepCache ? Fopen.KEEP_CACHE : 0 } };
+      return { ...this.entry(node), open: { fh: fd, flags: FILE_OPEN_FLAGS } };
     } catch (err) {
       this.overlay.release(fd);
       throw err;

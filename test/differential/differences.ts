@@ -73,7 +73,7 @@ export const DIFFERENCES: readonly Difference[] = [
     name: 'unwritten-space',
     kind: 'inherent',
     why: 'space fallocate gave a file without writing it (ext4\'s unwritten extents) is a hole to SEEK_DATA/SEEK_HOLE, but data where the layer file\'s pages are in the page cache: kernel overlayfs reads the layer file for every read through it, ts-overlayfs\'s reads may be answered by the kernel\'s cache of the mount\'s own file and never reach the layer file, so where the answer lands depends on what was read before (and on memory pressure, on either)',
-    handling: 'lseek with SEEK_DATA/SEEK_HOLE in a file that fallocate (not punching a hole) gave space is compared by outcome (ok or the errno), not by the offset found',
+    handling: 'lseek with SEEK_DATA/SEEK_HOLE in a file that fallocate (not punching a hole) gave space is compared by outcome (ok or the errno), not by the offset found, and the descriptor is then set to the offset asked for, so that later reads at its offset read the same bytes',
   },
   {
     name: 'dir-seek',

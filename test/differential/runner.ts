@@ -19,7 +19,7 @@ import { mountKernel, mountTs, type Mounted } from '../helpers/mounts';
 import { typeOf } from '../helpers/snapshot';
 import {
   AT_SYMLINK_NOFOLLOW, fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, lseek, renameat2, RENAME_EXCHANGE, RENAME_NOREPLACE,
-  RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, UTIME_NOW, UTIME_OMIT, utimensat, type Ts,
+  RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, SEEK_SET, UTIME_NOW, UTIME_OMIT, utimensat, type Ts,
 } from '../helpers/syscalls';
 import {
   buildLayer, dataBytes, describeOp, generateLayers, OpGenerator, Rng, SLOTS, type FallocateMode, type LayerSpec, type Op, type OpenFlag,
@@ -254,7 +254,10 @@ function execOp(side: Side, op: Op): string {
       return attempt(() => {
         const fd = fdOf(op.slot);
         const found = lseek(fd, op.offset, op.whence === 'DATA' ? SEEK_DATA : SEEK_HOLE);
-        return side.unwritten.has(fileIdentity(fd)) ? 'somewhere (the file has unwritten space)' : String(found);
+        if (!side.unwritten.has(fileIdentity(fd))) return String(found);
+        // Where it landed is uncertain: what later reads at the descriptor's offset see must not be.
+        lseek(fd, op.offset, SEEK_SET);
+        return 'somewhere (the file has unwritten space)';
       });
     case 'readFile':
       return attempt(() => readAll(at(op.path)).join(' '));
