@@ -45,6 +45,11 @@ export interface MountConfig {
   /** Only root and the mounter may use the mount (allow_root). */
   readonly allowRoot: boolean;
   readonly cache: CachePolicy;
+  /**
+   * Opens of upper files are read and written by the kernel itself (FUSE passthrough): only
+   * a server with CAP_SYS_ADMIN may ask for it, and only an upper is written that way.
+   */
+  readonly passthrough: boolean;
 }
 
 export interface CommandLine {
@@ -132,6 +137,7 @@ export async function buildConfig(cmd: CommandLine, warn: Warn): Promise<MountCo
     fsname: o.fsname,
     allowRoot,
     cache: cachePolicy(o.timeout === undefined ? undefined : cacheSeconds(o.timeout)),
+    passthrough: writable && o.passthrough && isInitialRoot(),
   };
 }
 

@@ -8,7 +8,7 @@
  *  - the libfuse options it keeps for libfuse are kept here too, and config.ts turns them into
  *    mount options (or refuses them, as its libfuse 3 does);
  *  - anything else is reported (`unknown argument ignored: ARG`) and dropped, as it does.
- * Two options are ours alone: `fsname=` and `userxattr`.
+ * Three options are ours alone: `fsname=`, `userxattr` and `passthrough=`.
  */
 import { parseIdMapping, type IdRange } from '../overlay/idmap';
 import { scanInt, strtod } from '../c-numbers';
@@ -39,6 +39,8 @@ export interface OptionSettings {
   noxattrs: boolean;
   /** As given; only 0, 1 and 2 mean something, and only with an upper layer (see config.ts). */
   xattrPermissions: number;
+  /** `passthrough=off` turns the kernel's passthrough I/O off; on (the default) uses it where it can. */
+  passthrough: boolean;
   /** libfuse mount options passed through as given, in order. */
   fuseFlags: string[];
 }
@@ -113,6 +115,11 @@ const WITH_VALUE: Record<string, ValueHandler> = {
   ...Object.fromEntries(TUNING_WITHOUT_EFFECT.map((name): [string, ValueHandler] => [name, (_s, v, n) => { int(n, v); }])),
   // Ours alone.
   fsname: (s, v, n) => { s.fsname = path(n, v); },
+  passthrough: (s, v) => {
+    const value = unescape(v);
+    if (value !== 'on' && value !== 'off') throw new OptionError(`invalid value for passthrough: ${v} (on or off)`);
+    s.passthrough = value === 'on';
+  },
 };
 
 /** Options written as a bare name; `name=VALUE` is an unknown option. */
@@ -140,6 +147,7 @@ export function interpretOptions(options: Iterable<ParsedOption>, warn: (message
     noacl: false,
     noxattrs: false,
     xattrPermissions: 0,
+    passthrough: true,
     fuseFlags: [],
   };
   for (const o of options) {

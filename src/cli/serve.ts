@@ -3,7 +3,7 @@
  * Never touches the mountpoint's contents itself: the process that serves a FUSE mount
  * would deadlock waiting for its own answer.
  */
-import { Init } from '../fuse/protocol';
+import { Init, Passthrough } from '../fuse/protocol';
 import { MountError, mountFuse, unmountFuse, type Mounted } from '../fuse/mount';
 import { Session } from '../fuse/session';
 import { log } from '../log';
@@ -53,7 +53,7 @@ export async function serve(config: MountConfig): Promise<Served> {
   });
   let ready!: () => void;
   const initialised = new Promise<void>((resolve) => { ready = resolve; });
-  const fs = new OverlayFs(overlay, { cache: config.cache, onInit: () => ready() });
+  const fs = new OverlayFs(overlay, { cache: config.cache, passthrough: config.passthrough, onInit: () => ready() });
   let mounted: Mounted;
   try {
     mounted = mountFuse({ mountpoint: config.mountpoint, fsname: config.fsname, subtype: SUBTYPE, options: config.mountOptions });
@@ -63,7 +63,7 @@ export async function serve(config: MountConfig): Promise<Served> {
     throw new Error(`cannot mount on ${config.mountpoint}: ${why}`);
   }
   const session = new Session(mounted.fd, fs, {
-    want: WANTED,
+    want: config.passthrough ? WANTED | Passthrough.INIT : WANTED,
     maxWrite: MAX_WRITE,
     allowedUids: config.allowRoot ? new Set([process.geteuid?.() ?? 0]) : undefined,
     log: log.op.enabled ? (line) => log.op('%s', line) : undefined,

@@ -7,8 +7,11 @@
 export const KERNEL_VERSION = 7;
 /** The oldest minor version we speak: 7.31 brought everything the session relies on (max_pages, flags). */
 export const MIN_MINOR = 31;
-/** The newest minor version we speak: the one whose structs wire.ts knows. */
-export const MAX_MINOR = 38;
+/**
+ * The newest minor version we speak. 7.39 and 7.40 change no struct the session reads; of
+ * what they add, only passthrough (see Passthrough below) is used.
+ */
+export const MAX_MINOR = 40;
 export const ROOT_ID = 1;
 /** Read buffers must hold at least this, whatever max_write is. */
 export const MIN_READ_BUFFER = 8192;
@@ -96,6 +99,24 @@ export const Init = {
   HANDLE_KILLPRIV_V2: 1 << 28,
   SETXATTR_EXT: 1 << 29,
   INIT_EXT: 1 << 30,
+} as const;
+
+/**
+ * FUSE passthrough (protocol 7.40, kernel 6.9+; newer than Debian's header, so kept apart):
+ * an open file's reads and writes go from the kernel straight to a file the server
+ * registered with FUSE_DEV_IOC_BACKING_OPEN, which answers a backing id for fuse_open_out.
+ */
+export const Passthrough = {
+  /** Init flag (flags2 bit 5). */
+  INIT: 1n << 37n,
+  /** fuse_open_out.open_flags. */
+  FOPEN: 1 << 7,
+  /** _IOW(229, 1, struct fuse_backing_map): registers a descriptor, answers its id. */
+  IOC_BACKING_OPEN: 0x4010e501,
+  /** _IOW(229, 2, uint32_t): drops an id. */
+  IOC_BACKING_CLOSE: 0x4004e502,
+  /** sizeof(struct fuse_backing_map): int32 fd, uint32 flags, uint64 padding. */
+  BACKING_MAP_SIZE: 16,
 } as const;
 
 /** fuse_setattr_in.valid. */

@@ -20,9 +20,9 @@
  * dropped. The session ends when the kernel says the connection is gone (ENODEV on read).
  */
 import { constants } from 'node:os';
-import { closeRaw, pollRaw, pollRawAsync, pollSet, readRaw, writeRaw } from '../sys/device';
-import { FSYNC_FDATASYNC, GETATTR_FH, Init, KERNEL_VERSION, MAX_MINOR, MIN_MINOR, MIN_READ_BUFFER, Notify, OP_NAMES, Op, Size } from './protocol';
-import type { Awaitable, Connection, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Notifier, Request } from './types';
+import { closeRaw, deviceIoctl, pollRaw, pollRawAsync, pollSet, readRaw, writeRaw } from '../sys/device';
+import { FSYNC_FDATASYNC, GETATTR_FH, Init, KERNEL_VERSION, MAX_MINOR, MIN_MINOR, MIN_READ_BUFFER, Notify, OP_NAMES, Op, Passthrough, Size } from './protocol';
+import type { Awaitable, BackingFiles, Connection, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Notifier, Opened, Request } from './types';
 import {
   direntPlusSize, direntSize, readCString, readInHeader, readInitIn, readSetattrIn, readU64, writeAttrOut,
   writeDirent, writeDirentPlus, writeEntryOut, writeGetxattrOut, writeInitOut, writeLseekOut, writeNotifyInvalInodeOut,
@@ -41,6 +41,12 @@ const IDLE_POLL_MS = 1000;
  */
 const WATCH_POLL_MS = 250;
 const PAGE = 4096;
+/**
+ * Passthrough's backing files may be on a stacked filesystem no deeper than this. 1: on plain
+ * filesystems only, so that the mount itself stays stackable (a kernel overlay may use it
+ * as a layer); a layer on an overlay gets ELOOP from BackingFiles.open.
+ */
+const MAX_STACK_DEPTH = 1;
 /** Pages a request carries at most without FUSE_MAX_PAGES (the kernel's FUSE_DEFAULT_MAX_PAGES_PER_REQ). */
 const DEFAULT_MAX_PAGES = 32;
 /** The most pages a request can carry: max_pages is 16 bits, and kernels cap it at 256 by default. */
@@ -141,6 +147,8 @@ export class Session implements Notifier {
   private readonly spareRead: Buffer[] = [];
   /** Notifications have a buffer of their own: one may be sent while a reply is being encoded in `out`. */
   private readonly notifyBuf = Buffer.alloc(Size.OUT_HEADER + Size.NOTIFY_INVAL_INODE_OUT);
+  /** fuse_backing_map for BACKING_OPEN: the fd, then flags and padding, always 0. */
+  private readonly backingMap = Buffer.alloc(Passthrough.BACKING_MAP_SIZE);
   private readonly pollFds: Buffer;
   private readonly pending = new Map<number, Request>();
   private connection: Connection | null = null;
@@ -274,6 +282,22 @@ export class Session implements Notifier {
     if (n === -E.ENODEV) return this.finish(null);
     this.options.onBug?.(`reply to ${unique}`, new Error(`writing /dev/fuse: errno ${-n}`));
   }
+
+  private readonly backing: BackingFiles = {
+    open: (fd) => {
+      this.backingMap.writeInt32LE(fd, 0);
+      const id = deviceIoctl(this.fd, Passthrough.IOC_BACKING_OPEN, this.backingMap);
+      this.options.log?.(`backing open fd ${fd} -> ${id >= 0 ? id : errnoName(-id)}`);
+      return id;
+    },
+    close: (id) => {
+      const arg = Buffer.alloc(4);
+      arg.writeUInt32LE(id, 0);
+      const n = deviceIoctl(this.fd, Passthrough.IOC_BACKING_CLOSE, arg);
+      this.options.log?.(`backing close ${id} -> ${n >= 0 ? 'ok' : errnoName(-n)}`);
+      return Math.min(n, 0);
+    },
+  };
 
   invalInode(node: number, offset = -1, length = 0): number {
     if (this.ended || this.connection === null) return E.ENOTCONN;
@@ -559,7 +583,7 @@ export class Session implements Notifier {
         const name = readCString(buf, body + 16, end).value;
         return this.call(req, fs.create ? () => fs.create!(req, node, name, mode, umask, flags) : null, (out, c) => {
           writeEntryOut(out, Size.OUT_HEADER, c);
-          return Size.ENTRY_OUT + writeOpenOut(out, Size.OUT_HEADER + Size.ENTRY_OUT, c.open.fh, c.open.flags);
+          return Size.ENTRY_OUT + writeOpenOut(out, Size.OUT_HEADER + Size.ENTRY_OUT, c.open.fh, c.open.flags, c.open.backingId);
         });
       }
       case Op.FALLOCATE: {
@@ -618,6 +642,7 @@ export class Session implements Notifier {
     // flags2 is read only with FUSE_INIT_EXT on both sides.
     if (flags >> 32n !== 0n) flags |= BigInt(Init.INIT_EXT);
     const maxBackground = this.options.maxBackground ?? 12;
+    const passthrough = (flags & Passthrough.INIT) !== 0n;
     const length2 = writeInitOut(this.out, Size.OUT_HEADER, {
       major: KERNEL_VERSION,
       minor,
@@ -628,10 +653,11 @@ export class Session implements Notifier {
       maxWrite: this.maxWrite,
       timeGran: 1,
       maxPages,
+      maxStackDepth: passthrough ? MAX_STACK_DEPTH : 0,
     });
     const connection = { major: KERNEL_VERSION, minor, offered: k.flags, flags, maxWrite: this.maxWrite, maxReadahead: k.maxReadahead, maxPages };
     try {
-      this.fs.init?.(connection, this);
+      this.fs.init?.(connection, this, passthrough ? this.backing : null);
     } catch (err) {
       // A file system that cannot start refuses the mount: the kernel fails every access.
       this.sendError(req, E.EIO);
@@ -700,7 +726,7 @@ export class Session implements Notifier {
 
 const entryOut: Encode<Entry> = (out, e) => writeEntryOut(out, Size.OUT_HEADER, e);
 const attrOut: Encode<{ attr: import('./types').Attr; timeout: number }> = (out, a) => writeAttrOut(out, Size.OUT_HEADER, a.attr, a.timeout);
-const openOut: Encode<{ fh: number; flags: number }> = (out, o) => writeOpenOut(out, Size.OUT_HEADER, o.fh, o.flags);
+const openOut: Encode<Opened> = (out, o) => writeOpenOut(out, Size.OUT_HEADER, o.fh, o.flags, o.backingId);
 const writeOut: Encode<number> = (out, n) => writeWriteOut(out, Size.OUT_HEADER, n);
 const empty: Encode<unknown> = () => 0;
 

@@ -63,10 +63,15 @@ export interface AttrReply {
   timeout: number;
 }
 
-/** An open file or directory (fuse_open_out): the handle the kernel passes back, and FOPEN_* flags. */
+/**
+ * An open file or directory (fuse_open_out): the handle the kernel passes back, and FOPEN_*
+ * flags; with FOPEN_PASSTHROUGH, the id of the backing file (BackingFiles) the kernel reads
+ * and writes instead of asking.
+ */
 export interface Opened {
   fh: number;
   flags: number;
+  backingId?: number;
 }
 
 export type Created = Entry & { open: Opened };
@@ -139,9 +144,27 @@ export interface Notifier {
   invalInode(node: number, offset?: number, length?: number): number;
 }
 
+/**
+ * The files of passthrough opens (FUSE_PASSTHROUGH negotiated). The kernel checks the
+ * server's rights here: only a server with CAP_SYS_ADMIN may register files (EPERM else).
+ */
+export interface BackingFiles {
+  /**
+   * Registers an open descriptor as a backing file: its id (> 0), or a negative errno. The
+   * kernel takes its own reference; it opens the file anew, with each open's flags, for every
+   * open answered with the id. All passthrough opens of one node must name the same id.
+   */
+  open(fd: number): number;
+  /** Drops an id (opens answered with it keep their file): 0, or a negative errno. */
+  close(id: number): number;
+}
+
 export interface FileSystem {
-  /** Called once INIT is settled, before any other request; `notify` works once INIT is answered. */
-  init?(connection: Connection, notify: Notifier): void;
+  /**
+   * Called once INIT is settled, before any other request; `notify` works once INIT is
+   * answered. `backing` is there where passthrough was negotiated.
+   */
+  init?(connection: Connection, notify: Notifier, backing: BackingFiles | null): void;
   /**
    * The kernel ends the session (umount of a fuseblk mount); also called when the device
    * closes. Called once, and only after init.

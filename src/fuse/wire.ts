@@ -117,11 +117,12 @@ export function writeAttrOut(buf: Buffer, off: number, attr: Attr, timeout: numb
   return Size.ATTR_OUT;
 }
 
-/** fuse_open_out (16 bytes): fh, open_flags, and (7.40) backing_id, 0 here. */
-export function writeOpenOut(buf: Buffer, off: number, fh: number, flags: number): number {
+/** fuse_open_out (16 bytes): fh, open_flags, and backing_id (7.40; padding before, and 0 where no passthrough). */
+export function writeOpenOut(buf: Buffer, off: number, fh: number, flags: number, backingId = 0): number {
   writeU64(buf, off, fh);
   buf.writeUInt32LE(flags >>> 0, off + 8);
-  buf.writeInt32LE(0, off + 12);
+  // backing_id since 7.40, padding before.
+  buf.writeInt32LE(backingId, off + 12);
   return Size.OPEN_OUT;
 }
 
@@ -198,6 +199,8 @@ export interface InitOut {
   /** Granularity of the times we report, in ns. */
   timeGran: number;
   maxPages: number;
+  /** How deep the backing files of passthrough may be stacked (7.40; 0 without passthrough). */
+  maxStackDepth?: number;
 }
 
 /** fuse_init_out (64 bytes). */
@@ -214,6 +217,7 @@ export function writeInitOut(buf: Buffer, off: number, o: InitOut): number {
   buf.writeUInt16LE(o.maxPages, off + 28);
   buf.writeUInt16LE(0, off + 30);
   buf.writeUInt32LE(Number((o.flags >> 32n) & 0xffffffffn), off + 32);
+  buf.writeUInt32LE(o.maxStackDepth ?? 0, off + 36);
   return Size.INIT_OUT;
 }
 

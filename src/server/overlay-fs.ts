@@ -11,7 +11,7 @@
  */
 import { constants } from 'node:os';
 import type {
-  Attr, AttrReply, Awaitable, Connection, Created, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Notifier, Opened, Request, SetAttr, StatFs,
+  Attr, AttrReply, Awaitable, BackingFiles, Connection, Created, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Notifier, Opened, Request, SetAttr, StatFs,
 } from '../fuse/types';
 import { Fattr, Fopen } from '../fuse/protocol';
 import { NO_ATTR } from '../fuse/wire';
@@ -22,6 +22,7 @@ import type { OvlNode } from '../overlay/node';
 import { copyFileRange } from '../sys/libc';
 import type { CachePolicy } from './cache-policy';
 import { NodeTable } from './node-table';
+import { OpenFiles } from './open-files';
 
 /**
  * Reads longer than this go to the thread pool, so they do not hold up other requests. The
@@ -31,11 +32,10 @@ import { NodeTable } from './node-table';
 const ASYNC_READ_BYTES = 128 * 1024;
 const ACCESS_ACL = 'system.posix_acl_access';
 /**
- * The kernel keeps a file's data and a directory's listing across opens: every write and
- * every change of names passes through it, and a copy-up keeps the data (what it changes,
- * the kernel is told of: see attributesChanged).
+ * The kernel keeps a directory's listing across opens: every change of names passes through
+ * it (what a copy-up changes, the kernel is told of: see attributesChanged). Files: see
+ * open-files.ts.
  */
-const FILE_OPEN_FLAGS = Fopen.KEEP_CACHE;
 const DIR_OPEN_FLAGS = Fopen.KEEP_CACHE | Fopen.CACHE_DIR;
 /** Most a copy_file_range request copies in one call (the caller asks again for the rest). */
 const COPY_RANGE_CHUNK = 16 << 20;
@@ -65,6 +65,8 @@ interface DirHandle {
 
 export interface OverlayFsOptions {
   readonly cache: CachePolicy;
+  /** Opens of upper files use passthrough where the kernel offers it. */
+  readonly passthrough?: boolean;
   /** The kernel's INIT is answered: the mount is usable. */
   readonly onInit?: () => void;
 }
@@ -73,6 +75,7 @@ export class OverlayFs implements FileSystem {
   readonly nodes: NodeTable;
   private readonly dirs = new Map<number, DirHandle>();
   private nextDirHandle = 1;
+  private readonly files = new OpenFiles();
   private notify: Notifier | null = null;
 
   constructor(private readonly overlay: Overlay, private readonly options: OverlayFsOptions) {
@@ -99,8 +102,9 @@ export class OverlayFs implements FileSystem {
     return `/${node.path.replace(/[^\x20-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)}${node.removed ? ' (removed)' : ''}`;
   }
 
-  init(_connection: Connection, notify: Notifier): void {
+  init(_connection: Connection, notify: Notifier, backing: BackingFiles | null): void {
     this.notify = notify;
+    this.files.usePassthrough(this.options.passthrough ? backing : null);
     this.options.onInit?.();
   }
 
@@ -191,7 +195,8 @@ export class OverlayFs implements FileSystem {
   }
 
   open(_req: Request, id: number, flags: number): Awaitable<Opened> {
-    return after(this.overlay.open(this.nodes.get(id), flags), (fd) => ({ fh: fd, flags: FILE_OPEN_FLAGS }));
+    const node = this.nodes.get(id);
+    return after(this.overlay.open(node, flags), (fd) => this.files.opened(node, fd, node.layer.upper));
   }
 
   read(_req: Request, _id: number, fh: number, offset: number, size: number, into: Buffer): Awaitable<number> {
@@ -209,6 +214,7 @@ export class OverlayFs implements FileSystem {
   }
 
   release(_req: Request, _id: number, fh: number): void {
+    this.files.released(fh);
     this.overlay.release(fh);
   }
 
@@ -307,7 +313,8 @@ export class OverlayFs implements FileSystem {
   create(req: Request, parent: number, name: Buffer, mode: number, _umask: number, flags: number): Created {
     const { node, fd } = this.overlay.create(this.nodes.get(parent), byteString(name), mode, flags, this.owner(req));
     try {
-      return { ...this.entry(node), open: { fh: fd, flags: FILE_OPEN_FLAGS } };
+      const entry = this.entry(node);
+      return { ...entry, open: this.files.opened(node, fd, true) };
     } catch (err) {
       this.overlay.release(fd);
       throw err;

@@ -74,3 +74,11 @@ export function setNonBlocking(fd: number): void {
   const flags = fcntl(fd, F_GETFL, 0) as number;
   if (flags < 0 || (fcntl(fd, F_SETFL, flags | O_NONBLOCK) as number) < 0) fail('fcntl', `fd ${fd}`);
 }
+
+const ioctl = libc.func('int ioctl(int fd, unsigned long request, void *arg)');
+
+/** An ioctl of the FUSE device that passes a struct: its answer (>= 0), or -errno. */
+export function deviceIoctl(fd: number, request: number, arg: Buffer): number {
+  const n = ioctl(fd, request, arg) as number;
+  return n < 0 ? -errno() : n;
+}

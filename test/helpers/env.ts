@@ -3,6 +3,7 @@
  * with the reason; with CI=true it fails instead, so CI never passes by skipping.
  */
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { release } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
@@ -12,7 +13,7 @@ import assert from 'node:assert/strict';
 export const REPO = join(__dirname, '..', '..', '..');
 export const BIN = join(REPO, 'bin', 'ts-overlayfs');
 
-export type Need = 'root' | 'fuse' | 'kernel-overlay' | 'fuse-overlayfs' | 'fuse-header';
+export type Need = 'root' | 'fuse' | 'kernel-overlay' | 'fuse-overlayfs' | 'fuse-header' | 'fuse-passthrough';
 
 function has(need: Need): boolean {
   switch (need) {
@@ -30,6 +31,11 @@ function has(need: Need): boolean {
         existsSync('/sys/module/overlay');
     case 'fuse-overlayfs':
       return spawnSync('fuse-overlayfs', ['--version']).status === 0;
+    case 'fuse-passthrough': {
+      // FUSE passthrough came with Linux 6.9 (CONFIG_FUSE_PASSTHROUGH, on in distribution kernels).
+      const [major, minor] = release().split('.').map((n) => parseInt(n, 10));
+      return major > 6 || (major === 6 && minor >= 9);
+    }
     case 'fuse-header':
       // include/uapi/linux/fuse.h as installed by linux-libc-dev: the layouts the wire tests check against.
       return existsSync(FUSE_HEADER);

@@ -42,10 +42,16 @@ export function optionString(dirs: LayerDirs, extra: string[] = []): string {
   return [...opts, ...extra].join(',');
 }
 
+export interface TsMounted extends Mounted {
+  /** What the daemon wrote to stderr so far (its log, with DEBUG set in `env`). */
+  stderr(): string;
+}
+
 /** Starts `ts-overlayfs -f` in a child and waits until the mount is in the mount table. */
-export async function mountTs(dirs: LayerDirs, mountpoint: string, extra: string[] = []): Promise<Mounted> {
+export async function mountTs(dirs: LayerDirs, mountpoint: string, extra: string[] = [], env?: NodeJS.ProcessEnv): Promise<TsMounted> {
   const child: ChildProcess = spawn(process.execPath, [BIN, '-f', '-o', optionString(dirs, extra), mountpoint], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    env: env ?? process.env,
   });
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr += c.toString(); });
@@ -61,6 +67,7 @@ export async function mountTs(dirs: LayerDirs, mountpoint: string, extra: string
   }
   return {
     mountpoint,
+    stderr: () => stderr,
     async unmount() {
       if (!exited) child.kill('SIGTERM');
       const done = await Promise.race([exit.then(() => true), sleep(10000, undefined, { ref: false }).then(() => false)]);

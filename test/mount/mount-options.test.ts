@@ -53,7 +53,7 @@ async function both(extra: string[], tsOnly: string[] = []): Promise<{ ts: Side;
   buildLayer(lower, { 'f': { kind: 'file', data: 'x', xattrs: { 'user.a': '1' } } });
   copyFileSync('/usr/bin/id', join(lower, 'id'));
   chmodSync(join(lower, 'id'), 0o4755);
-  const side = async (name: string, mount: typeof mountTs, opts: string[]): Promise<Side> => {
+  const side = async (name: string, mount: typeof mountFuseOverlayfs, opts: string[]): Promise<Side> => {
     const s = { mnt: join(d, `${name}-mnt`), upper: join(d, `${name}-upper`), work: join(d, `${name}-work`) };
     for (const p of Object.values(s)) mkdirSync(p);
     mounts.push(await mount({ lowers: [lower], upper: s.upper, work: s.work }, s.mnt, opts));

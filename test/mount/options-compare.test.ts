@@ -30,7 +30,7 @@ async function both(extra: string): Promise<{ ts: Side; fo: Side }> {
     'dir/sub1/x': { kind: 'file' },
     'dir/sub2/y': { kind: 'file' },
   });
-  const side = async (name: string, mount: typeof mountTs) => {
+  const side = async (name: string, mount: typeof mountFuseOverlayfs) => {
     const s = { mnt: join(d, `${name}-mnt`), upper: join(d, `${name}-upper`), work: join(d, `${name}-work`) };
     for (const p of Object.values(s)) mkdirSync(p);
     mounts.push(await mount({ lowers: [join(d, 'lower')], upper: s.upper, work: s.work }, s.mnt, extra ? extra.split(',') : []));

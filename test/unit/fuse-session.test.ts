@@ -12,7 +12,7 @@ import { constants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
 import { OvlError } from '../../src/errors';
-import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, Init, Notify, Op, Size } from '../../src/fuse/protocol';
+import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, Init, Notify, Op, Passthrough, Size } from '../../src/fuse/protocol';
 import type { SessionOptions } from '../../src/fuse/session';
 import type { Attr, Connection, DirectoryPlusSink, DirectorySink, Entry, FileSystem, Notifier, Request, SetAttr } from '../../src/fuse/types';
 import { direntPlusSize, direntSize } from '../../src/fuse/wire';
@@ -135,8 +135,8 @@ function initReply(r: Reply) {
 const bit = (v: number) => BigInt(v);
 
 describe('INIT', () => {
-  test('the minor version is the lower of the kernel\'s and 38; the answer and the Connection', async () => {
-    for (const [kernelMinor, minor] of [[40, 38], [38, 38], [31, 31]]) {
+  test('the minor version is the lower of the kernel\'s and 40; the answer and the Connection', async () => {
+    for (const [kernelMinor, minor] of [[42, 40], [40, 40], [38, 38], [31, 31]]) {
       await negotiate({ minor: kernelMinor, maxReadahead: 65536 }, {}, async (k, answer, conns) => {
         const o = initReply(answer);
         assert.deepEqual(
@@ -147,6 +147,25 @@ describe('INIT', () => {
         assert.deepEqual(conns[0], { major: 7, minor, offered: KERNEL_FLAGS, flags: o.flags, maxWrite: 65536, maxReadahead: 65536, maxPages: 16 });
         assert.deepEqual(k.session.negotiated, conns[0]);
       });
+    }
+  });
+
+  test('passthrough, asked for and offered: max_stack_depth 1 in the answer, and init gets the backing files', async () => {
+    for (const offered of [true, false]) {
+      const backings: unknown[] = [];
+      const k = new FakeKernel({ init: (_c, _n, backing) => void backings.push(backing) }, { ...DEFAULT_OPTIONS, want: DEFAULT_OPTIONS.want | Passthrough.INIT });
+      try {
+        const u = k.send(Op.INIT, initBody({ minor: 40, flags: KERNEL_FLAGS | (offered ? Passthrough.INIT : 0n) }));
+        k.start();
+        const answer = await k.reply(u);
+        assert.equal(answer.error, 0);
+        assert.equal(answer.body.readUInt32LE(36), offered ? 1 : 0, 'max_stack_depth');
+        assert.equal((BigInt(answer.body.readUInt32LE(32)) << 32n & Passthrough.INIT) !== 0n, offered);
+        assert.equal(backings.length, 1);
+        assert.equal(backings[0] !== null, offered);
+      } finally {
+        await k.close();
+      }
     }
   });
 
@@ -196,7 +215,7 @@ describe('INIT', () => {
       const a = await k.reply(first);
       assert.equal(a.error, 0);
       assert.equal(a.body.length, 8, 'only major and minor');
-      assert.deepEqual([a.body.readUInt32LE(0), a.body.readUInt32LE(4)], [7, 38]);
+      assert.deepEqual([a.body.readUInt32LE(0), a.body.readUInt32LE(4)], [7, 40]);
       assert.equal((await k.reply(early)).error, -E.EIO, 'still no connection after the first');
       assert.equal(initReply(await k.reply(second)).minor, 38);
       assert.equal(conns.length, 1);
@@ -432,9 +451,18 @@ describe('each request reaches its method with its arguments', () => {
     await withSession(fs, async (k) => {
       const o = await k.call(Op.OPEN, Body.open(0o100002), { nodeId: 7 });
       assert.deepEqual([o.body.length, Number(o.body.readBigUInt64LE(0)), o.body.readUInt32LE(8)], [Size.OPEN_OUT, 2 ** 40 + 3, 2]);
+      assert.equal(o.body.readInt32LE(12), 0, 'no backing id');
       const d = await k.call(Op.OPENDIR, Body.open(0o200000), { nodeId: 8 });
       assert.deepEqual([Number(d.body.readBigUInt64LE(0)), d.body.readUInt32LE(8)], [4, 8]);
       assert.deepEqual(calls, [['open', 7, 0o100002], ['opendir', 8, 0o200000]]);
+    });
+  });
+
+  test('a passthrough open carries its backing id', async () => {
+    const { fs } = recorder({ open: { fh: 5, flags: Passthrough.FOPEN, backingId: 9 } });
+    await withSession(fs, async (k) => {
+      const o = await k.call(Op.OPEN, Body.open(0), { nodeId: 7 });
+      assert.deepEqual([o.body.readUInt32LE(8), o.body.readInt32LE(12)], [Passthrough.FOPEN, 9]);
     });
   });
 

@@ -36,7 +36,7 @@ async function served(tree: Tree): Promise<{ fs: OverlayFs; overlay: Overlay; to
     },
   };
   const fs = new OverlayFs(overlay, { cache: cachePolicy() });
-  fs.init(CONNECTION, notifier);
+  fs.init(CONNECTION, notifier, null);
   return { fs, overlay, told, dropped };
 }
 
