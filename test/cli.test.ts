@@ -17,7 +17,7 @@ import { daemonsFor, eventually, tsProcesses } from './helpers/processes';
 const VERSION = (JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
 
 function run(...args: string[]): SpawnSyncReturns<string> {
-  return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 20000 });
+  return spawnSync(BIN, [...args], { encoding: 'utf8', timeout: 20000 });
 }
 
 function show(r: SpawnSyncReturns<string>): string {

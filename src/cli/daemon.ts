@@ -1,15 +1,29 @@
 /**
- * Daemonizing without fork: the launcher spawns a detached copy of itself that mounts and
- * reports "ready" or the error over a pipe (fd 3); the launcher exits only then, so a caller
- * such as podman can use the mount as soon as the command returns. The daemon holds none of
- * the caller's stdin/stdout/stderr afterwards (podman reads stderr to EOF).
+ * Daemonizing without fork: something detaches a process that mounts and reports "ready" or
+ * the error over a pipe (fd 3), and the command exits only then, so a caller such as podman
+ * can use the mount as soon as the command returns. The daemon holds none of the caller's
+ * stdin/stdout/stderr afterwards (podman reads stderr to EOF).
+ *
+ * Two launchers do that: bin/ts-overlayfs, a shell script that starts the daemon with
+ * `setsid -f` (one Node start for a mount; the daemon then reads the command line itself,
+ * prints its own errors and says only "error"), and, for command lines that script leaves
+ * to Node, Node itself, spawning a detached copy of itself with the configuration it read.
  */
-import { spawn } from 'node:child_process';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import type { MountConfig } from './config';
 
 const CONFIG_ENV = 'TS_OVERLAYFS_DAEMON_CONFIG';
+/** Set by bin/ts-overlayfs for the daemon it detached. */
+const DETACHED_ENV = 'TS_OVERLAYFS_DETACHED';
 const STATUS_FD = 3;
+let statusOpen = true;
+
+/** Whether bin/ts-overlayfs started this process detached, to mount and report on fd 3. */
+export function detachedByLauncher(): boolean {
+  const detached = process.env[DETACHED_ENV] === '1';
+  delete process.env[DETACHED_ENV];
+  return detached;
+}
 
 /** The configuration handed to us by the launcher, if this process is the daemon. */
 export function daemonConfig(): MountConfig | null {
@@ -31,6 +45,8 @@ const DAEMON_NODE_FLAGS = ['--max-semi-space-size=4'];
  */
 export function launchDaemon(config: MountConfig, entry: string, argv: readonly string[]): Promise<number> {
   return new Promise((resolve) => {
+    // Loaded here: a daemon started by bin/ts-overlayfs spawns nothing.
+    const { spawn } = require('node:child_process') as typeof import('node:child_process');
     const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, entry, ...argv], {
       detached: true,
       cwd: '/',
@@ -72,11 +88,17 @@ export function reportReady(): void {
   dup2(devNull, 1);
   dup2(devNull, 2);
   closeSync(devNull);
-  writeSync(STATUS_FD, 'ready\n');
-  closeSync(STATUS_FD);
+  report('ready');
 }
 
-export function reportFailure(message: string): void {
-  writeSync(STATUS_FD, `error ${message}\n`);
+/** Daemon side: the mount failed, for this reason (null: already told on stderr). */
+export function reportFailure(message: string | null): void {
+  report(message === null ? 'error' : `error ${message}`);
+}
+
+function report(status: string): void {
+  if (!statusOpen) return;
+  statusOpen = false;
+  writeSync(STATUS_FD, `${status}\n`);
   closeSync(STATUS_FD);
 }

@@ -3,11 +3,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { enableDebug, log } from '../log';
 import type { MountConfig } from './config';
-import { daemonConfig, launchDaemon, reportFailure, reportReady } from './daemon';
+import { daemonConfig, detachedByLauncher, launchDaemon, reportFailure, reportReady } from './daemon';
 import type { Served } from './serve';
 
-// A mount starts two processes, the launcher and the daemon, each loading only what it runs
-// (the command line's parser, or the server): module loading is much of a mount's time.
+// Where Node launches the daemon (see daemon.ts), a mount starts two processes, the launcher
+// and the daemon, each loading only what it runs (the command line's parser, or the
+// server): module loading is much of a mount's time.
 const loadServer = (): typeof import('./serve') => require('./serve') as typeof import('./serve');
 const loadCommandLine = (): typeof import('./args') & typeof import('./config') => ({
   ...(require('./args') as typeof import('./args')),
@@ -66,19 +67,28 @@ async function main(argv: string[]): Promise<number> {
       return 1;
     }
   }
+  const detached = detachedByLauncher();
   const { parseArgs, buildConfig, CliError } = loadCommandLine();
   try {
     const parsed = parseArgs(argv, version());
     if (parsed.kind === 'exit') {
-      process.stdout.write(`${parsed.output}\n`);
+      // Detached, stdout is /dev/null (bin/ts-overlayfs leaves such command lines to Node anyway).
+      (detached ? process.stderr : process.stdout).write(`${parsed.output}\n`);
+      if (detached) reportFailure(null);
       return parsed.code;
     }
     const config = await buildConfig(parsed.cmd, (m) => process.stderr.write(`${m}\n`));
+    if (detached) {
+      // Paths are resolved by now; the daemon must not hold the caller's directory busy.
+      process.chdir('/');
+      return await runServer(config, reportReady);
+    }
     if (!config.foreground) return await launchDaemon(config, process.argv[1], argv);
     return await runServer(config, () => undefined);
   } catch (err) {
-    if (err instanceof CliError) return fail(err.message);
-    return fail((err as Error).message ?? String(err));
+    const code = fail(err instanceof CliError ? err.message : (err as Error).message ?? String(err));
+    if (detached) reportFailure(null);
+    return code;
   }
 }
 

@@ -7,7 +7,6 @@
  *    and sends the descriptor back over the Unix socket named by `_FUSE_COMMFD`.
  * Either way the result is a descriptor to run a Session on.
  */
-import { spawnSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { closeRaw, O_CLOEXEC, O_NONBLOCK, O_RDWR, openRaw, setNonBlocking } from '../sys/device';
 import {
@@ -117,7 +116,7 @@ function mountWithFusermount(spec: MountSpec): number {
   const opts = [...spec.options, `fsname=${escapeOption(spec.fsname)}`, `subtype=${escapeOption(spec.subtype)}`].join(',');
   const [ours, theirs] = socketPair();
   try {
-    const r = spawnSync('fusermount3', ['-o', opts, '--', spec.mountpoint], {
+    const r = childProcess().spawnSync('fusermount3', ['-o', opts, '--', spec.mountpoint], {
       stdio: ['ignore', 'ignore', 'pipe', theirs],
       env: { ...process.env, _FUSE_COMMFD: '3' },
       encoding: 'utf8',
@@ -147,9 +146,14 @@ export function unmountFuse(mountpoint: string, via: Mounted['via']): void {
   }
   let said = '';
   for (const args of [['-u'], ['-u', '-z']]) {
-    const r = spawnSync('fusermount3', [...args, '--', mountpoint], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+    const r = childProcess().spawnSync('fusermount3', [...args, '--', mountpoint], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
     if (r.status === 0) return;
     said = (r.stderr ?? r.error?.message ?? '').trim();
   }
   throw new MountError(`cannot unmount ${mountpoint}${said ? `: ${said}` : ''}`);
+}
+
+/** Only unprivileged mounts run fusermount3: a root mount's start does not pay for loading child_process. */
+function childProcess(): typeof import('node:child_process') {
+  return require('node:child_process') as typeof import('node:child_process');
 }

@@ -49,7 +49,7 @@ export interface TsMounted extends Mounted {
 
 /** Starts `ts-overlayfs -f` in a child and waits until the mount is in the mount table. */
 export async function mountTs(dirs: LayerDirs, mountpoint: string, extra: string[] = [], env?: NodeJS.ProcessEnv): Promise<TsMounted> {
-  const child: ChildProcess = spawn(process.execPath, [BIN, '-f', '-o', optionString(dirs, extra), mountpoint], {
+  const child: ChildProcess = spawn(BIN, ['-f', '-o', optionString(dirs, extra), mountpoint], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: env ?? process.env,
   });

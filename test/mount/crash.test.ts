@@ -138,7 +138,7 @@ interface Server {
 /** Spawns `ts-overlayfs -f` on the layout and waits until the mount is in the mount table. */
 async function startServer(l: Layout): Promise<Server> {
   const opts = optionString({ lowers: [l.lower], upper: l.upper, work: l.work });
-  const child = spawn(process.execPath, [BIN, '-f', '-o', opts, l.mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(BIN, ['-f', '-o', opts, l.mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
   children.set(child, false);
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr += c.toString(); });

@@ -1,7 +1,7 @@
 /** Daemonizing, signals and outside unmounts: the mount and the daemon go away together. */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
@@ -19,6 +19,12 @@ after(() => {
   }
 });
 
+/** The session id of a process (field 6 of /proc/PID/stat, after the parenthesised name). */
+function sessionOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]);
+}
+
 function layout(): { lower: string; mnt: string } {
   const d = tempDir('life');
   dirs.push(d);
@@ -28,7 +34,7 @@ function layout(): { lower: string; mnt: string } {
 }
 
 function mountDaemon(lower: string, mnt: string) {
-  return spawnSync(process.execPath, [BIN, '-o', `lowerdir=${lower}`, mnt], { encoding: 'utf8', timeout: 20000 });
+  return spawnSync(BIN, ['-o', `lowerdir=${lower}`, mnt], { encoding: 'utf8', timeout: 20000 });
 }
 
 describe('mount lifecycle', requires('root', 'fuse'), () => {
@@ -39,7 +45,25 @@ describe('mount lifecycle', requires('root', 'fuse'), () => {
     assert.equal(r.stderr, '');
     assert.ok(isMounted(mnt));
     assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'hello');
-    assert.equal(daemonsFor(mnt).length, 1);
+    const daemons = daemonsFor(mnt);
+    assert.equal(daemons.length, 1);
+    assert.equal(sessionOf(daemons[0]), daemons[0], 'the daemon leads a session of its own (setsid)');
+    spawnSync('fusermount3', ['-u', mnt]);
+  });
+
+  test('without setsid, Node launches the daemon itself, with the same outcome', () => {
+    const { lower, mnt } = layout();
+    // A PATH with readlink only: bin/ts-overlayfs finds no setsid and leaves it all to Node.
+    const path = join(mnt, '..', 'path');
+    mkdirSync(path);
+    symlinkSync(spawnSync('sh', ['-c', 'command -v readlink'], { encoding: 'utf8' }).stdout.trim(), join(path, 'readlink'));
+    const r = spawnSync(BIN, ['-o', `lowerdir=${lower}`, mnt], { encoding: 'utf8', timeout: 20000, env: { ...process.env, PATH: path, TS_OVERLAYFS_NODE: process.execPath } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stderr, '');
+    assert.equal(readFileSync(join(mnt, 'hello.txt'), 'utf8'), 'hello');
+    const daemons = daemonsFor(mnt);
+    assert.equal(daemons.length, 1);
+    assert.equal(sessionOf(daemons[0]), daemons[0]);
     spawnSync('fusermount3', ['-u', mnt]);
   });
 
@@ -69,7 +93,7 @@ describe('mount lifecycle', requires('root', 'fuse'), () => {
     // once killed the process and left the mount behind, so the signal is sent at first sight,
     // several times over.
     for (let round = 0; round < 8; round++) {
-      const child = spawn(process.execPath, [BIN, '-f', '-o', `lowerdir=${lower}`, mnt], { stdio: 'ignore' });
+      const child = spawn(BIN, ['-f', '-o', `lowerdir=${lower}`, mnt], { stdio: 'ignore' });
       const code = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
       const end = Date.now() + 10000;
       while (!isMounted(mnt) && Date.now() < end) await sleep(2);
@@ -82,7 +106,7 @@ describe('mount lifecycle', requires('root', 'fuse'), () => {
 
   test('-d stays in the foreground and logs each operation on stderr', async () => {
     const { lower, mnt } = layout();
-    const child = spawn(process.execPath, [BIN, '-d', '-o', `lowerdir=${lower}`, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(BIN, ['-d', '-o', `lowerdir=${lower}`, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
     const code = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
@@ -107,10 +131,10 @@ describe('mount lifecycle', requires('root', 'fuse'), () => {
     const d = join(mnt, '..');
     for (const sub of ['upper', 'work', 'mnt2']) buildLayer(join(d, sub), {});
     const layers = `lowerdir=${lower},upperdir=${join(d, 'upper')},workdir=${join(d, 'work')}`;
-    const first = spawnSync(process.execPath, [BIN, '-o', layers, mnt], { encoding: 'utf8', timeout: 20000 });
+    const first = spawnSync(BIN, ['-o', layers, mnt], { encoding: 'utf8', timeout: 20000 });
     assert.equal(first.status, 0, first.stderr);
     try {
-      const second = spawnSync(process.execPath, [BIN, '-o', layers, join(d, 'mnt2')], { encoding: 'utf8', timeout: 20000 });
+      const second = spawnSync(BIN, ['-o', layers, join(d, 'mnt2')], { encoding: 'utf8', timeout: 20000 });
       assert.equal(second.status, 1, second.stderr);
       assert.match(second.stderr, /^ts-overlayfs: EBUSY: workdir .* is in use by another mount\n$/);
       assert.ok(!isMounted(join(d, 'mnt2')), 'nothing mounted');
@@ -124,7 +148,7 @@ describe('mount lifecycle', requires('root', 'fuse'), () => {
 
   test('the daemon keeps none of the caller\'s stdio open (a reader of stderr sees EOF)', async () => {
     const { lower, mnt } = layout();
-    const launcher = spawn(process.execPath, [BIN, '-o', `lowerdir=${lower}`, mnt], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const launcher = spawn(BIN, ['-o', `lowerdir=${lower}`, mnt], { stdio: ['pipe', 'pipe', 'pipe'] });
     const eof = (s: NodeJS.ReadableStream) => new Promise<void>((resolve) => { s.resume(); s.on('end', () => resolve()); });
     const closed = Promise.all([eof(launcher.stdout!), eof(launcher.stderr!)]);
     const ok = await Promise.race([closed.then(() => true), sleep(10000, false, { ref: false })]);

@@ -95,7 +95,7 @@ describe('rootless mounting (unshare -Urm as an unprivileged user)', requires('r
     const script = `${SCENARIO}
 d=${dir}
 node=${process.execPath}
-"$node" "$d/app/bin/ts-overlayfs" -f -o lowerdir=${lowers},upperdir=$d/ts-upper,workdir=$d/ts-work $d/ts-mnt 2>$d/logs/ts.log &
+TS_OVERLAYFS_NODE="$node" "$d/app/bin/ts-overlayfs" -f -o lowerdir=${lowers},upperdir=$d/ts-upper,workdir=$d/ts-work $d/ts-mnt 2>$d/logs/ts.log &
 server=$!
 for i in $(seq 200); do grep -q " $d/ts-mnt " /proc/self/mountinfo && break; sleep 0.05; done
 mount -t overlay overlay -o userxattr,${KERNEL_PINNED_OPTIONS.join(',')},lowerdir=${lowers},upperdir=$d/k-upper,workdir=$d/k-work $d/k-mnt || echo "kernel mount failed"
@@ -165,7 +165,7 @@ describe('rootless mounting without a namespace (setuid fusermount3), daemonized
     spawnSync('chown', ['-R', `${NOBODY}:${NOBODY}`, join(dir, 'lower'), ...own.map((d) => join(dir, d))]);
     const script = `${SCENARIO}
 d=${dir}
-"${process.execPath}" "$d/app/bin/ts-overlayfs" -o lowerdir=$d/lower,upperdir=$d/ts-upper,workdir=$d/ts-work $d/ts-mnt
+TS_OVERLAYFS_NODE="${process.execPath}" "$d/app/bin/ts-overlayfs" -o lowerdir=$d/lower,upperdir=$d/ts-upper,workdir=$d/ts-work $d/ts-mnt
 rc=$?
 echo "== ts mount"; echo "exit $rc"; awk -v m="$d/ts-mnt" '$5 == m { for (i = 7; i <= NF; i++) if ($i == "-") print $(i + 1) }' /proc/self/mountinfo
 fuse-overlayfs -o lowerdir=$d/lower,upperdir=$d/fo-upper,workdir=$d/fo-work $d/fo-mnt || echo "fuse-overlayfs mount failed"
