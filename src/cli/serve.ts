@@ -25,6 +25,10 @@ const UNMOUNT_WAIT_MS = 1000;
  * each entry's answer (READDIRPLUS, for the first part of a listing and where the kernel saw
  * its entries looked up), sparing a lookup per entry; symlink targets, which never change
  * for a node, stay in the kernel's cache; lookups in one directory need not wait for each other.
+ * Not HANDLE_KILLPRIV_V2, though it would spare the GETATTR before each chown: with it, a
+ * passthrough write by a user without CAP_FSETID reaches the server as a SETATTR with no
+ * field set (the kernel strips the set-id kill it means), so a set-user-ID file would keep
+ * its bit where the kernel's overlay drops it (tried on 6.18).
  */
 const WANTED = BigInt(
   Init.ASYNC_READ | Init.ATOMIC_O_TRUNC | Init.BIG_WRITES | Init.MAX_PAGES | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO

@@ -5,11 +5,13 @@
  * shows; and, in the daemon's request log, which opens went which way.
  */
 import assert from 'node:assert/strict';
-import { closeSync, fstatSync, ftruncateSync, openSync, readFileSync, readSync, statSync, writeFileSync, writeSync, constants as fsc } from 'node:fs';
+import { chmodSync, closeSync, fstatSync, ftruncateSync, openSync, readFileSync, readSync, statSync, writeFileSync, writeSync, constants as fsc } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { requires } from '../helpers/env';
 import { buildLayer, removeDir, tempDir } from '../helpers/layers';
+import { asNobody } from '../helpers/rootless';
 import { mountKernel, mountTs, type LayerDirs, type Mounted, type TsMounted } from '../helpers/mounts';
 
 const MIB = 1 << 20;
@@ -83,6 +85,25 @@ describe('passthrough opens', requires('root', 'fuse', 'kernel-overlay', 'fuse-p
     const want = coherence(kernel.mnt);
     assert.deepEqual(coherence(ts.mnt), want);
     assert.deepEqual(want.at(-1), 'again');
+  });
+
+  test('a write by a user without CAP_FSETID drops the set-id bits, as on the kernel', async () => {
+    const modes: Record<string, string> = {};
+    chmodSync(root, 0o755);
+    for (const name of ['setid-ts', 'setid-kernel']) {
+      const d = dirs(name);
+      for (const p of [d.upper!, d.work!, d.mnt]) buildLayer(p, {});
+      const m = name === 'setid-ts' ? await mountTs(d, d.mnt) : await mountKernel(d, d.mnt);
+      mounts.push(m);
+      const file = join(d.mnt, 'set-id');
+      writeFileSync(file, 'x');
+      chmodSync(file, 0o6777);
+      const [cmd, args] = asNobody(['sh', '-c', 'echo more >> "$1"', 'sh', file]);
+      const r = spawnSync(cmd, args, { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      modes[name] = (statSync(file).mode & 0o7777).toString(8);
+    }
+    assert.deepEqual(modes, { 'setid-ts': '777', 'setid-kernel': '777' });
   });
 
   async function logged(name: string, extra: string[]): Promise<string> {
