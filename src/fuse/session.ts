@@ -147,8 +147,9 @@ export class Session implements Notifier {
   private readonly spareRead: Buffer[] = [];
   /** Notifications have a buffer of their own: one may be sent while a reply is being encoded in `out`. */
   private readonly notifyBuf = Buffer.alloc(Size.OUT_HEADER + Size.NOTIFY_INVAL_INODE_OUT);
-  /** fuse_backing_map for BACKING_OPEN: the fd, then flags and padding, always 0. */
+  /** fuse_backing_map for BACKING_OPEN (the fd, then flags and padding, always 0), and BACKING_CLOSE's id. */
   private readonly backingMap = Buffer.alloc(Passthrough.BACKING_MAP_SIZE);
+  private readonly backingIdArg = Buffer.alloc(4);
   private readonly pollFds: Buffer;
   private readonly pending = new Map<number, Request>();
   private connection: Connection | null = null;
@@ -291,9 +292,8 @@ export class Session implements Notifier {
       return id;
     },
     close: (id) => {
-      const arg = Buffer.alloc(4);
-      arg.writeUInt32LE(id, 0);
-      const n = deviceIoctl(this.fd, Passthrough.IOC_BACKING_CLOSE, arg);
+      this.backingIdArg.writeUInt32LE(id, 0);
+      const n = deviceIoctl(this.fd, Passthrough.IOC_BACKING_CLOSE, this.backingIdArg);
       this.options.log?.(`backing close ${id} -> ${n >= 0 ? 'ok' : errnoName(-n)}`);
       return Math.min(n, 0);
     },

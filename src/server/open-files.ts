@@ -15,10 +15,10 @@
  * its first passthrough open to the release of its last. The server learns of a release
  * after the kernel does, so what it believes open is never less than what the kernel holds.
  */
-import type { BackingFiles, Opened } from '../fuse/types';
-import { Fopen, Passthrough } from '../fuse/protocol';
-import { log } from '../log';
 import { constants } from 'node:os';
+import { Fopen, Passthrough } from '../fuse/protocol';
+import type { BackingFiles, Opened } from '../fuse/types';
+import { log } from '../log';
 
 const E = constants.errno;
 
