@@ -76,7 +76,7 @@ export class OpenFiles {
     return { fh, flags: opens.hadPassthrough ? CACHED_AFTER_PASSTHROUGH : CACHED };
   }
 
-  /** Handle `fh` is released (or its open was never answered). */
+  /** Handle `fh` is released (the kernel sent RELEASE for it). */
   released(fh: number): void {
     const file = this.byHandle.get(fh);
     if (file === undefined) return;
